@@ -1,0 +1,180 @@
+"""The gateway's configuration: LiteLLM-compatible sections plus a ``routeiq:`` section.
+
+Every model is frozen; a reload builds a new ``GatewayConfig``. Cross-field rules are checked
+here, so that a config that validates is one the gateway can start with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+__all__ = [
+    "DeploymentConfig",
+    "DrainSettings",
+    "EventLogSettings",
+    "GatewayConfig",
+    "HookSpec",
+    "LeadershipSettings",
+    "LimitsSettings",
+    "RouteIQSettings",
+    "RoutingSettings",
+    "ServiceSpec",
+    "SupervisorSettings",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LitellmParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    model: str = Field(min_length=1)
+
+
+class DeploymentConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    model_name: str = Field(min_length=1)
+    litellm_params: LitellmParams
+    model_info: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventLogSettings(_Frozen):
+    path: Path | None = None
+
+
+class DrainSettings(_Frozen):
+    delay_s: float = Field(default=2.0, ge=0, description="readiness 503 before the listener closes")
+    timeout_s: float = Field(default=30.0, gt=0, description="how long in-flight requests may finish")
+
+
+class SupervisorSettings(_Frozen):
+    max_restarts: int = Field(default=5, ge=0)
+    window_s: float = Field(default=60.0, gt=0)
+    backoff_initial_s: float = Field(default=0.1, ge=0)
+    backoff_max_s: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SupervisorSettings:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+class LeadershipSettings(_Frozen):
+    backend: Literal["local", "etcd"] = "local"
+    lock_path: Path | None = None
+    etcd_endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    key_prefix: str = "/routeiq"
+    lease_ttl_s: float = Field(default=10.0, gt=0)
+    renew_deadline_s: float = Field(default=6.0, gt=0)
+    retry_period_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _timings(self) -> LeadershipSettings:
+        # client-go's rule: the lease must outlive the renew deadline, which must outlive a retry.
+        if not self.lease_ttl_s > self.renew_deadline_s:
+            raise ValueError(
+                f"lease_ttl_s ({self.lease_ttl_s}) must be greater than renew_deadline_s "
+                f"({self.renew_deadline_s})"
+            )
+        if not self.renew_deadline_s > self.retry_period_s:
+            raise ValueError(
+                f"renew_deadline_s ({self.renew_deadline_s}) must be greater than retry_period_s "
+                f"({self.retry_period_s})"
+            )
+        return self
+
+
+class HookSpec(_Frozen):
+    """A startup hook: ``call`` ("module:attr") runs as a component at the end of ``phase``.
+
+    The callable receives a ``HookContext``; it may return an async context manager, which is
+    entered and whose exit becomes the hook's undo when the gateway unwinds.
+    """
+
+    phase: Literal["configure", "observe", "patch", "serve"]
+    call: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    name: str | None = None
+
+    @property
+    def component(self) -> str:
+        return f"hook:{self.name or self.call.rsplit(':', 1)[1]}"
+
+
+class ServiceSpec(_Frozen):
+    """A background service run by the supervisor: ``call`` is ``async def run(ctx, *, task_status)``."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    call: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    restart: Literal["permanent", "transient", "temporary"] = "permanent"
+
+
+class LimitsSettings(_Frozen):
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+
+
+class RoutingSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    strategy: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricsSettings(_Frozen):
+    multiproc_dir: Path | None = None
+
+
+class RouteIQSettings(_Frozen):
+    master_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    event_log: EventLogSettings = EventLogSettings()
+    drain: DrainSettings = DrainSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    leadership: LeadershipSettings = LeadershipSettings()
+    limits: LimitsSettings = LimitsSettings()
+    routing: RoutingSettings = RoutingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    hooks: tuple[HookSpec, ...] = ()
+    services: tuple[ServiceSpec, ...] = ()
+
+    @field_validator("services")
+    @classmethod
+    def _unique_services(cls, services: tuple[ServiceSpec, ...]) -> tuple[ServiceSpec, ...]:
+        names = [s.name for s in services]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"service names must be unique; repeated: {', '.join(duplicates)}")
+        return services
+
+
+class GatewayConfig(BaseModel):
+    """A fully validated, frozen gateway configuration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_list: tuple[DeploymentConfig, ...] = Field(min_length=1)
+    router_settings: dict[str, Any] = Field(default_factory=dict)
+    litellm_settings: dict[str, Any] = Field(default_factory=dict)
+    general_settings: dict[str, Any] = Field(default_factory=dict)
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    routeiq: RouteIQSettings = RouteIQSettings()
+    # Where the config came from, and the secret values it holds (for redaction); not YAML keys.
+    source: str = Field(default="<embedded default>", exclude=True)
+    secrets: frozenset[str] = Field(default_factory=frozenset, exclude=True, repr=False)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d.model_name for d in self.model_list))
+
+    @property
+    def master_key(self) -> str | None:
+        key = self.routeiq.master_key
+        return None if key is None else key.get_secret_value()
+
+    @property
+    def admin_key(self) -> str | None:
+        key = self.routeiq.admin_key
+        return None if key is None else key.get_secret_value()

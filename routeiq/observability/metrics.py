@@ -1,0 +1,146 @@
+"""Prometheus metrics for one app instance, and the projection that feeds them from events.
+
+Collectors live in a ``CollectorRegistry`` owned by the app instance, never in
+prometheus_client's global default registry. prometheus_client is imported only when an
+instance is built (its import reads ``PROMETHEUS_MULTIPROC_DIR`` and registers global
+collectors), i.e. in the ``observing`` phase.
+
+In multiprocess mode (several hypercorn workers) every worker writes its values to files in a
+shared directory; ``render()`` then aggregates the whole process group, counters summed and
+gauges by the mode declared in the catalog.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from routeiq.lifecycle.events import Event, EventKind
+from routeiq.observability.catalog import METRICS, MetricSpec
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["GatewayMetrics", "LifecycleMetricsProjection", "prepare_multiprocess_dir"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_multiprocess_dir(directory: Path) -> int:
+    """Create ``directory`` and remove the live-gauge files of workers that are gone.
+
+    Returns how many dead workers were cleaned. Counter and histogram files of dead workers
+    stay: their counts are part of the group's totals.
+    """
+    from prometheus_client import multiprocess
+
+    directory.mkdir(parents=True, exist_ok=True)
+    dead: set[int] = set()
+    for path in directory.glob("*.db"):
+        pid_text = path.stem.rsplit("_", 1)[-1]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            dead.add(int(pid_text))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, str(directory))
+    return len(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class GatewayMetrics:
+    """Every collector of the catalog, registered in this instance's own registry."""
+
+    def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.multiprocess_dir = multiprocess_dir
+        self.registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
+        self._collectors: dict[str, Any] = {}
+        for spec in METRICS:
+            kwargs: dict[str, Any] = {"registry": self.registry, "labelnames": spec.labels}
+            if spec.type == "counter":
+                # prometheus_client adds the _total suffix itself.
+                collector: Any = Counter(spec.name.removesuffix("_total"), spec.help, **kwargs)
+            elif spec.type == "gauge":
+                collector = Gauge(spec.name, spec.help, multiprocess_mode=spec.gauge_mode, **kwargs)
+            else:
+                collector = Histogram(spec.name, spec.help, buckets=spec.buckets, **kwargs)
+            self._collectors[spec.name] = collector
+
+    def __getitem__(self, name: str) -> Any:
+        return self._collectors[name]
+
+    @property
+    def specs(self) -> tuple[MetricSpec, ...]:
+        return METRICS
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text of this worker, or of the whole process group in multiprocess mode."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        group = CollectorRegistry()
+        MultiProcessCollector(group, path=str(self.multiprocess_dir))
+        return generate_latest(group), CONTENT_TYPE_LATEST
+
+
+class LifecycleMetricsProjection:
+    """Turns lifecycle events into the lifecycle metrics; subscribe it with replay."""
+
+    def __init__(self, metrics: GatewayMetrics, states: tuple[str, ...]) -> None:
+        self._m = metrics
+        self._states = states
+        self._origin: float | None = None
+        self._phase: str = "configure"
+        for state in states:
+            metrics["gateway_lifecycle_state"].labels(state=state).set(0)
+
+    def __call__(self, event: Event) -> None:
+        if self._origin is None:
+            self._origin = event.mono_time
+        if event.kind == EventKind.TRANSITION:
+            self._transition(event)
+        elif event.kind == EventKind.COMPONENT and event.ok and event.duration_s is not None:
+            self._m["gateway_component_init_duration_seconds"].labels(
+                component=event.component or "unknown"
+            ).observe(event.duration_s)
+        elif event.kind == EventKind.SERVICE and event.component:
+            self._service(event.component, event.trigger or "", event.attributes)
+
+    def _transition(self, event: Event) -> None:
+        m = self._m
+        from_state, to_state = event.from_state or "", event.to_state or ""
+        m["gateway_lifecycle_transitions_total"].labels(from_state=from_state, to_state=to_state).inc()
+        for state in self._states:
+            m["gateway_lifecycle_state"].labels(state=state).set(1 if state == to_state else 0)
+        if to_state == "serving" and self._origin is not None:
+            duration = event.mono_time - self._origin
+            m["gateway_startup_duration_seconds"].observe(duration)
+            m["gateway_last_startup_duration_seconds"].set(duration)
+        elif to_state == "failed" and from_state != "serving" and from_state != "draining":
+            phase = str(event.attributes.get("phase") or self._phase)
+            m["gateway_startup_failures_total"].labels(phase=phase).inc()
+        self._phase = {"configured": "observe", "observing": "patch", "patched": "serve"}.get(
+            to_state, self._phase
+        )
+
+    def _service(self, service: str, what: str, _attributes: Mapping[str, object]) -> None:
+        m = self._m
+        if what == "started":
+            m["gateway_service_starts_total"].labels(service=service).inc()
+        elif what == "crashed":
+            m["gateway_service_crashes_total"].labels(service=service).inc()
+        elif what == "restarting":
+            m["gateway_service_restarts_total"].labels(service=service).inc()

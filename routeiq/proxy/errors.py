@@ -1,0 +1,78 @@
+"""OpenAI-style error bodies, and the mapping from upstream (litellm) failures to statuses.
+
+A client's mistake is a 4xx naming what to fix; an upstream's failure is a 502 (or 504 on a
+timeout, 429 when it rate-limits). No traceback or credential ever reaches a body: upstream
+messages are scrubbed of the configured secrets before they are sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.responses import JSONResponse
+
+__all__ = ["ApiError", "map_upstream_error", "openai_error_body", "openai_error_response"]
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError(Exception):
+    status: int
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+    def response(self) -> JSONResponse:
+        return openai_error_response(self.status, self.message, param=self.param, code=self.code)
+
+
+def openai_error_body(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, object]:
+    error_type = _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def openai_error_response(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(openai_error_body(status, message, param=param, code=code), status, headers)
+
+
+def map_upstream_error(exc: BaseException, redact: Callable[[str], str]) -> ApiError:
+    """The ``ApiError`` a client sees for an exception raised by the Router."""
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    message = redact(_first_line(exc))
+    if "Timeout" in name or status == 408:
+        return ApiError(504, f"the upstream model timed out: {message}", code="upstream_timeout")
+    if status == 429 or "RateLimit" in name:
+        return ApiError(429, f"the upstream is rate limiting: {message}", code="rate_limit_exceeded")
+    if isinstance(status, int) and status in (400, 422) and "ContextWindow" not in name:
+        return ApiError(400, message, code="invalid_request")
+    if "ContextWindow" in name:
+        return ApiError(400, message, code="context_length_exceeded")
+    if status in (401, 403):
+        return ApiError(502, "the upstream rejected the gateway's credentials", code="upstream_auth")
+    return ApiError(502, f"the upstream model failed: {message}", code="upstream_error")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:500]
