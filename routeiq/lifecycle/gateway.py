@@ -130,17 +130,25 @@ class Gateway:
             EventKind.CREATED, to_state=self.state, attributes={"process_uptime_s": _process_uptime()}
         )
         undo = AsyncExitStack()
+        failure: StartupError | StartupAborted | None = None
         try:
             async with self._supervisor().running() as supervisor:
                 self.supervisor = supervisor
-                await self._start(undo, supervisor)
-                task_status.started(self)
-                await self._drain_requested.wait()
-                if self.state == "serving":
-                    self._fire("drain")
+                try:
+                    await self._start(undo, supervisor)
+                except (StartupError, StartupAborted) as exc:
+                    # Raised outside the task group, so callers get it unwrapped.
+                    failure = exc
+                else:
+                    task_status.started(self)
+                    await self._drain_requested.wait()
+                    if self.state == "serving":
+                        self._fire("drain")
                 # Leaving the supervisor's block cancels the background services now, while
                 # in-flight requests keep running on what the phases built.
             self._teardown_event("supervisor", ok=True)
+            if failure is not None:
+                raise failure
             await self._released.wait()
         finally:
             with anyio.move_on_after(self._unwind_timeout_s, shield=True):
@@ -240,7 +248,7 @@ class Gateway:
             with self._component(f"service:{spec.name}"):
                 field = f"routeiq.services[{spec.name}].call"
                 run = resolve_callable(spec.call, field=field)
-                await supervisor.start(Service(spec.name, partial(run, self._hook_context("serve")), spec.restart))
+                await supervisor.start(Service(spec.name, partial(run, self._hook_context("serve", spec.name)), spec.restart))
         for name, service in self.extensions.get("services", {}).items():
             with self._component(f"service:{name}"):
                 await supervisor.start(service)
@@ -254,7 +262,7 @@ class Gateway:
                 continue
             with self._component(hook.component):
                 fn = resolve_callable(hook.call, field=f"routeiq.hooks[{index}].call")
-                result = fn(self._hook_context(phase))
+                result = fn(self._hook_context(phase, hook.component))
                 if inspect.isawaitable(result):
                     result = await result
                 if isinstance(result, AbstractAsyncContextManager):
@@ -275,8 +283,10 @@ class Gateway:
             raise GatewayError("the configure phase has not run")
         return self.config
 
-    def _hook_context(self, phase: str) -> HookContext:
-        return HookContext(phase=phase, config=self._config(), events=self.events, worker_id=self.worker_id)
+    def _hook_context(self, phase: str, name: str | None = None) -> HookContext:
+        return HookContext(
+            phase=phase, config=self._config(), events=self.events, worker_id=self.worker_id, name=name
+        )
 
     def _drop_router(self) -> None:
         self.router = None

@@ -26,6 +26,7 @@ class HookContext:
     config: GatewayConfig
     events: EventLog
     worker_id: str
+    name: str | None = None
 
 
 def resolve_callable(target: str, *, field: str) -> Any:

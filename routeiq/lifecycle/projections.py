@@ -21,6 +21,7 @@ __all__ = [
     "PhaseStep",
     "StartupTimeline",
     "replay",
+    "split_runs",
 ]
 
 # The phase of work that leads into each startup state.
@@ -188,3 +189,16 @@ def replay(chart: Statechart, events: Iterable[Event]) -> tuple[LifecycleProject
         state(event)
         timeline(event)
     return state, timeline
+
+
+def split_runs(events: Iterable[Event]) -> list[list[Event]]:
+    """Separate a sink file's events into runs: one per (worker, pid), restarting at seq 0."""
+    runs: list[list[Event]] = []
+    current: dict[tuple[str, int], list[Event]] = {}
+    for event in events:
+        key = (event.worker_id, event.pid)
+        if event.seq == 0 or key not in current:
+            current[key] = []
+            runs.append(current[key])
+        current[key].append(event)
+    return runs

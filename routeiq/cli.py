@@ -1,0 +1,148 @@
+"""The ``routeiq`` command: ``serve``, ``check``, ``statechart`` and ``events replay``.
+
+Errors an operator can fix are printed as readable messages (never a traceback) with a
+non-zero exit: 2 for invalid input (config, event log), 1 for usage errors (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from routeiq.errors import ConfigError, InvalidTransition
+
+__all__ = ["main"]
+
+EXIT_INVALID = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 1
+    return int(args.run(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routeiq", description=__doc__.splitlines()[0])
+    parser.set_defaults(command=None)
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the gateway (hypercorn, RouteIQ owns the signals)")
+    serve.add_argument("--config", type=Path, help="YAML config (default: $ROUTEIQ_CONFIG or the embedded default)")
+    serve.add_argument("--host", default=os.environ.get("ROUTEIQ_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("ROUTEIQ_PORT", "4000")))
+    serve.set_defaults(run=_serve)
+
+    check = sub.add_parser("check", help="validate a config file: prints OK or every error")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=_check)
+
+    chart = sub.add_parser("statechart", help="print a statechart as Mermaid")
+    chart.add_argument("name", nargs="?", default="gateway")
+    chart.set_defaults(run=_statechart)
+
+    events = sub.add_parser("events", help="work with saved event logs")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    replay = events_sub.add_parser("replay", help="rebuild the final state and startup timeline")
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    replay.set_defaults(run=_replay)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from routeiq.serve import serve
+
+    return serve(bind=f"{args.host}:{args.port}", env=os.environ, config_path=args.config)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from routeiq.config.loader import load_config
+
+    try:
+        config = load_config(os.environ, args.file)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_INVALID
+    print(f"OK: {args.file} ({len(config.model_list)} deployments, models: {', '.join(config.model_names)})")
+    return 0
+
+
+def _statechart(args: argparse.Namespace) -> int:
+    from routeiq.lifecycle.statechart import Statechart
+
+    try:
+        chart = Statechart.load(args.name)
+    except FileNotFoundError:
+        print(f"routeiq: no statechart named {args.name!r}", file=sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.write(chart.to_mermaid())
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from routeiq.lifecycle.events import read_jsonl
+    from routeiq.lifecycle.projections import replay, split_runs
+    from routeiq.lifecycle.statechart import Statechart
+
+    chart = Statechart.load("gateway")
+    try:
+        runs = split_runs(read_jsonl(args.file))
+    except FileNotFoundError:
+        print(f"routeiq: no such event log: {args.file}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as exc:
+        print(f"routeiq: unreadable event log: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if not runs:
+        print(f"routeiq: {args.file} holds no events", file=sys.stderr)
+        return EXIT_INVALID
+    results = []
+    for events in runs:
+        try:
+            state, timeline = replay(chart, events)
+        except (InvalidTransition, ValueError) as exc:
+            first = events[0]
+            print(
+                f"routeiq: impossible event sequence for worker {first.worker_id} (pid {first.pid}): {exc}",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        status = state.status()
+        results.append((events[0], status, timeline.to_dict()))
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"worker_id": first.worker_id, "pid": first.pid, "state": status.state,
+                     "failed_phase": status.failed_phase, "error": status.error, "startup": timeline}
+                    for first, status, timeline in results
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    for first, status, timeline in results:
+        print(f"worker {first.worker_id} (pid {first.pid}): final state {status.state}")
+        if status.failed_phase or status.error:
+            print(f"  failed in phase {status.failed_phase}: {status.error}")
+        total = timeline["total_s"]
+        print(f"  startup: {timeline['outcome']}" + ("" if total is None else f" in {total:.3f}s"))
+        for phase in timeline["phases"]:
+            print(f"    {phase['name']:<10} {phase['duration_s'] * 1000:10.1f} ms" + ("" if phase["ok"] else "  (failed)"))
+            for comp in timeline["components"]:
+                if comp["parent"] == phase["name"]:
+                    mark = "" if comp["ok"] else f"  error: {comp['error']}"
+                    print(f"      {comp['name']:<24} {comp['duration_s'] * 1000:10.1f} ms{mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
