@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,15 @@ import anyio
 
 from routeiq.errors import ConfigError, StartupError
 from routeiq.http.routes import build_http_app
-from routeiq.lifecycle.gateway import Gateway, StartupAborted
 from routeiq.lifecycle.clock import Clock
+from routeiq.lifecycle.gateway import Gateway, StartupAborted
 
 __all__ = ["EXIT_CONFIG", "EXIT_STARTUP", "GatewayApp", "app", "create_app"]
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 
 
 class GatewayApp:
@@ -66,21 +66,26 @@ class GatewayApp:
             return
         gateway = self.new_gateway()
         self.gateway = gateway
+        failure: StartupError | StartupAborted | None = None
         async with anyio.create_task_group() as tg:
             try:
                 await tg.start(gateway.run)
             except (StartupError, StartupAborted) as exc:
-                self.startup_error = exc
-                if isinstance(exc, StartupError) and self._exit_on_startup_failure:
-                    _exit_readably(exc)
-                await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                return
-            await send({"type": "lifespan.startup.complete"})
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.shutdown":
-                    break
-            gateway.release()
+                failure = exc
+            else:
+                await send({"type": "lifespan.startup.complete"})
+                while True:
+                    message = await receive()
+                    if message["type"] == "lifespan.shutdown":
+                        break
+                gateway.release()
+        if failure is not None:
+            # Reported outside the task group: servers raise from ``send`` on this message.
+            self.startup_error = failure
+            if isinstance(failure, StartupError) and self._exit_on_startup_failure:
+                _exit_readably(failure)
+            await send({"type": "lifespan.startup.failed", "message": str(failure)})
+            return
         await send({"type": "lifespan.shutdown.complete"})
 
 
@@ -102,7 +107,10 @@ def create_app(
     exit_on_startup_failure: bool = True,
 ) -> GatewayApp:
     return GatewayApp(
-        env=env, config_path=config_path, clock=clock, exit_on_startup_failure=exit_on_startup_failure
+        env=env,
+        config_path=config_path,
+        clock=clock,
+        exit_on_startup_failure=exit_on_startup_failure,
     )
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from routeiq.errors import ConfigError, InvalidTransition
 
@@ -35,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", help="run the gateway (hypercorn, RouteIQ owns the signals)")
-    serve.add_argument("--config", type=Path, help="YAML config (default: $ROUTEIQ_CONFIG or the embedded default)")
+    serve.add_argument(
+        "--config", type=Path, help="YAML config (default: $ROUTEIQ_CONFIG or the embedded default)"
+    )
     serve.add_argument("--host", default=os.environ.get("ROUTEIQ_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("ROUTEIQ_PORT", "4000")))
     serve.set_defaults(run=_serve)
@@ -71,7 +74,10 @@ def _check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_INVALID
-    print(f"OK: {args.file} ({len(config.model_list)} deployments, models: {', '.join(config.model_names)})")
+    print(
+        f"OK: {args.file} ({len(config.model_list)} deployments, "
+        f"models: {', '.join(config.model_names)})"
+    )
     return 0
 
 
@@ -104,25 +110,32 @@ def _replay(args: argparse.Namespace) -> int:
     if not runs:
         print(f"routeiq: {args.file} holds no events", file=sys.stderr)
         return EXIT_INVALID
-    results = []
+    results: list[tuple[Any, Any, dict[str, Any]]] = []
     for events in runs:
         try:
-            state, timeline = replay(chart, events)
+            state, projected = replay(chart, events)
         except (InvalidTransition, ValueError) as exc:
             first = events[0]
             print(
-                f"routeiq: impossible event sequence for worker {first.worker_id} (pid {first.pid}): {exc}",
+                f"routeiq: impossible event sequence for worker {first.worker_id} "
+                f"(pid {first.pid}): {exc}",
                 file=sys.stderr,
             )
             return EXIT_INVALID
         status = state.status()
-        results.append((events[0], status, timeline.to_dict()))
+        results.append((events[0], status, projected.to_dict()))
     if args.json:
         print(
             json.dumps(
                 [
-                    {"worker_id": first.worker_id, "pid": first.pid, "state": status.state,
-                     "failed_phase": status.failed_phase, "error": status.error, "startup": timeline}
+                    {
+                        "worker_id": first.worker_id,
+                        "pid": first.pid,
+                        "state": status.state,
+                        "failed_phase": status.failed_phase,
+                        "error": status.error,
+                        "startup": timeline,
+                    }
                     for first, status, timeline in results
                 ],
                 indent=2,
@@ -136,7 +149,10 @@ def _replay(args: argparse.Namespace) -> int:
         total = timeline["total_s"]
         print(f"  startup: {timeline['outcome']}" + ("" if total is None else f" in {total:.3f}s"))
         for phase in timeline["phases"]:
-            print(f"    {phase['name']:<10} {phase['duration_s'] * 1000:10.1f} ms" + ("" if phase["ok"] else "  (failed)"))
+            print(
+                f"    {phase['name']:<10} {phase['duration_s'] * 1000:10.1f} ms"
+                + ("" if phase["ok"] else "  (failed)")
+            )
             for comp in timeline["components"]:
                 if comp["parent"] == phase["name"]:
                     mark = "" if comp["ok"] else f"  error: {comp['error']}"

@@ -90,7 +90,9 @@ def _startup_exit_code(app: GatewayApp) -> int:
     error = app.startup_error
     if isinstance(error, StartupError):
         cause = error.cause
-        sys.stderr.write(f"routeiq: {cause.render() if isinstance(cause, ConfigError) else error}\n")
+        sys.stderr.write(
+            f"routeiq: {cause.render() if isinstance(cause, ConfigError) else error}\n"
+        )
         return EXIT_CONFIG if isinstance(cause, ConfigError) else EXIT_STARTUP
     if app.gateway is not None and app.gateway.state == "stopped":
         return 0  # a shutdown signal arrived during startup: unwound cleanly

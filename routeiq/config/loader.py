@@ -157,9 +157,14 @@ def _resolve_env_refs(
     secrets: set[str],
 ) -> Any:
     if isinstance(node, dict):
-        return {k: _resolve_env_refs(v, env, (*path, str(k)), problems, secrets) for k, v in node.items()}
+        return {
+            k: _resolve_env_refs(v, env, (*path, str(k)), problems, secrets)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
-        return [_resolve_env_refs(v, env, (*path, i), problems, secrets) for i, v in enumerate(node)]
+        return [
+            _resolve_env_refs(v, env, (*path, i), problems, secrets) for i, v in enumerate(node)
+        ]
     if isinstance(node, str) and node.startswith(ENV_REF_PREFIX):
         name = node[len(ENV_REF_PREFIX) :]
         if name not in env:
@@ -198,7 +203,10 @@ def _check_sections(data: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         for key in sorted(set(value) - allowed):
             problems.append(
-                (f"{section}.{key}", f"not supported by RouteIQ; supported: {', '.join(sorted(allowed))}")
+                (
+                    f"{section}.{key}",
+                    f"not supported by RouteIQ; supported: {', '.join(sorted(allowed))}",
+                )
             )
     return problems
 
@@ -217,4 +225,6 @@ def _message(err: Any) -> str:
     message = str(err.get("msg", "invalid"))
     if err.get("type") == "extra_forbidden":
         return "unknown field"
+    if err.get("type") == "too_short":
+        return "must not be empty"
     return message.removeprefix("Value error, ")

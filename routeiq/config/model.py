@@ -47,8 +47,12 @@ class EventLogSettings(_Frozen):
 
 
 class DrainSettings(_Frozen):
-    delay_s: float = Field(default=2.0, ge=0, description="readiness 503 before the listener closes")
-    timeout_s: float = Field(default=30.0, gt=0, description="how long in-flight requests may finish")
+    delay_s: float = Field(
+        default=2.0, ge=0, description="readiness 503 before the listener closes"
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, description="how long in-flight requests may finish"
+    )
 
 
 class SupervisorSettings(_Frozen):
@@ -106,7 +110,7 @@ class HookSpec(_Frozen):
 
 
 class ServiceSpec(_Frozen):
-    """A background service run by the supervisor: ``call`` is ``async def run(ctx, *, task_status)``."""
+    """A supervised background service: ``call`` is ``async def run(ctx, *, task_status)``."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     call: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")

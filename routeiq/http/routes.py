@@ -46,7 +46,9 @@ def build_http_app(holder: GatewayApp) -> Starlette:
         gateway = holder.gateway
         state = "created" if gateway is None else gateway.state
         ok = gateway is not None and gateway.status().ready
-        return JSONResponse({"status": "ready" if ok else "not ready", "state": state}, 200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "state": state}, 200 if ok else 503
+        )
 
     async def lifecycle(request: Request) -> Response:
         gateway = gateway_or_503()
@@ -101,7 +103,12 @@ def leadership_view(gateway: Gateway) -> dict[str, Any]:
     elector = gateway.extensions.get("leadership")
     if elector is None:
         backend = gateway.config.routeiq.leadership.backend if gateway.config else None
-        return {"backend": backend, "state": "not-started", "leader_id": None, "fencing_token": None}
+        return {
+            "backend": backend,
+            "state": "not-started",
+            "leader_id": None,
+            "fencing_token": None,
+        }
     view: dict[str, Any] = elector.view()
     return view
 

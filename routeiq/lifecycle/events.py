@@ -43,7 +43,9 @@ class EventKind:
     CONFIG = "config"
     WARNING = "warning"
 
-    ALL = frozenset({CREATED, TRANSITION, COMPONENT, TEARDOWN, SERVICE, LEADERSHIP, CONFIG, WARNING})
+    ALL = frozenset(
+        {CREATED, TRANSITION, COMPONENT, TEARDOWN, SERVICE, LEADERSHIP, CONFIG, WARNING}
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,8 +68,10 @@ class Gateway:
         self._env = dict(os.environ if env is None else env)
         self._config_path = config_path
         self._clock = clock or SystemClock()
-        self.worker_id = worker_id or self._env.get("ROUTEIQ_WORKER_ID") or (
-            f"{socket.gethostname()}-{os.getpid()}"
+        self.worker_id = (
+            worker_id
+            or self._env.get("ROUTEIQ_WORKER_ID")
+            or (f"{socket.gethostname()}-{os.getpid()}")
         )
         self.chart = Statechart.load("gateway")
         self.events = EventLog(self._clock, worker_id=self.worker_id)
@@ -87,6 +89,7 @@ class Gateway:
         self.router: Any = None
         self.tracer_provider: Any = None
         self.supervisor: Supervisor | None = None
+        self._sink: JsonlSink | None = None
         self.extensions: dict[str, Any] = {}
 
     # --- projections -------------------------------------------------------------------------
@@ -127,7 +130,9 @@ class Gateway:
         requested before serving; in both cases everything started has been undone.
         """
         self.events.append(
-            EventKind.CREATED, to_state=self.state, attributes={"process_uptime_s": _process_uptime()}
+            EventKind.CREATED,
+            to_state=self.state,
+            attributes={"process_uptime_s": _process_uptime()},
         )
         undo = AsyncExitStack()
         failure: StartupError | StartupAborted | None = None
@@ -155,6 +160,8 @@ class Gateway:
                 await undo.aclose()
             if self.state == "draining":
                 self._fire("stop")
+            if self._sink is not None:
+                self._sink.close()
 
     async def _start(self, undo: AsyncExitStack, supervisor: Supervisor) -> None:
         with anyio.CancelScope() as scope:
@@ -177,7 +184,9 @@ class Gateway:
                 self._startup_scope = None
         if scope.cancelled_caught:
             if self.state == "created":
-                self._fire("fail", error="shutdown requested before configuration", phase="configure")
+                self._fire(
+                    "fail", error="shutdown requested before configuration", phase="configure"
+                )
             else:
                 self._fire("drain", phase=self._phase)
             raise StartupAborted(f"shutdown requested during phase {self._phase!r}")
@@ -193,8 +202,10 @@ class Gateway:
         if config.routeiq.event_log.path is not None:
             with self._component("event_sink"):
                 sink = JsonlSink(config.routeiq.event_log.path)
-                unsubscribe = self.events.subscribe(sink, replay=True)
-            self._on_undo(undo, "event_sink", lambda: (unsubscribe(), sink.close()))
+                self.events.subscribe(sink, replay=True)
+            # Not on the undo stack: the sink must outlive the unwinding to record the final
+            # transition; ``run`` closes it last.
+            self._sink = sink
         if config.master_key is None:
             self.events.append(
                 EventKind.WARNING,
@@ -211,11 +222,15 @@ class Gateway:
                 prepare_multiprocess_dir,
             )
 
-            multiproc = config.routeiq.metrics.multiproc_dir or _env_path(self._env, "PROMETHEUS_MULTIPROC_DIR")
+            multiproc = config.routeiq.metrics.multiproc_dir or _env_path(
+                self._env, "PROMETHEUS_MULTIPROC_DIR"
+            )
             if multiproc is not None:
                 prepare_multiprocess_dir(multiproc)
             metrics = GatewayMetrics(multiprocess_dir=multiproc)
-            unsubscribe = self.events.subscribe(LifecycleMetricsProjection(metrics, self.chart.states))
+            unsubscribe = self.events.subscribe(
+                LifecycleMetricsProjection(metrics, self.chart.states)
+            )
             self.metrics = metrics
         self._on_undo(undo, "metrics", unsubscribe)
         with self._component("logging"):
@@ -248,7 +263,13 @@ class Gateway:
             with self._component(f"service:{spec.name}"):
                 field = f"routeiq.services[{spec.name}].call"
                 run = resolve_callable(spec.call, field=field)
-                await supervisor.start(Service(spec.name, partial(run, self._hook_context("serve", spec.name)), spec.restart))
+                await supervisor.start(
+                    Service(
+                        spec.name,
+                        partial(run, self._hook_context("serve", spec.name)),
+                        spec.restart,
+                    )
+                )
         for name, service in self.extensions.get("services", {}).items():
             with self._component(f"service:{name}"):
                 await supervisor.start(service)
@@ -285,7 +306,11 @@ class Gateway:
 
     def _hook_context(self, phase: str, name: str | None = None) -> HookContext:
         return HookContext(
-            phase=phase, config=self._config(), events=self.events, worker_id=self.worker_id, name=name
+            phase=phase,
+            config=self._config(),
+            events=self.events,
+            worker_id=self.worker_id,
+            name=name,
         )
 
     def _drop_router(self) -> None:
@@ -309,7 +334,9 @@ class Gateway:
         try:
             yield
         except BaseException as exc:
-            error = "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else describe(exc)
+            error = (
+                "cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else describe(exc)
+            )
             self.events.append(
                 EventKind.COMPONENT,
                 component=name,
@@ -367,4 +394,3 @@ def _process_uptime() -> float:
         return round(system_uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
     except (OSError, ValueError, IndexError):
         return -1.0
-

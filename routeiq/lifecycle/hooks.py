@@ -40,7 +40,9 @@ def resolve_callable(target: str, *, field: str) -> Any:
         try:
             obj = getattr(obj, attr)
         except AttributeError:
-            raise ConfigError([(field, f"{module_name!r} has no attribute {attr_path!r}")]) from None
+            raise ConfigError(
+                [(field, f"{module_name!r} has no attribute {attr_path!r}")]
+            ) from None
     if not callable(obj):
         raise ConfigError([(field, f"{target!r} is not callable")])
     return obj

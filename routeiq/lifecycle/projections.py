@@ -25,8 +25,18 @@ __all__ = [
 ]
 
 # The phase of work that leads into each startup state.
-PHASE_OF_TRIGGER = {"configure": "configure", "observe": "observe", "patch": "patch", "serve": "serve"}
-NEXT_PHASE = {"created": "configure", "configured": "observe", "observing": "patch", "patched": "serve"}
+PHASE_OF_TRIGGER = {
+    "configure": "configure",
+    "observe": "observe",
+    "patch": "patch",
+    "serve": "serve",
+}
+NEXT_PHASE = {
+    "created": "configure",
+    "configured": "observe",
+    "observing": "patch",
+    "patched": "serve",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +64,15 @@ class LifecycleProjection:
             return
         if event.from_state != self._machine.state:
             raise InvalidTransition(
-                self._machine.chart.name, self._machine.state, f"{event.trigger} (recorded from {event.from_state!r})"
+                self._machine.chart.name,
+                self._machine.state,
+                f"{event.trigger} (recorded from {event.from_state!r})",
             )
         _, to_state = self._machine.fire(event.trigger)
         if to_state != event.to_state:
-            raise InvalidTransition(self._machine.chart.name, event.from_state or "?", event.trigger)
+            raise InvalidTransition(
+                self._machine.chart.name, event.from_state or "?", event.trigger
+            )
         self.transitions += 1
         if to_state == "failed":
             phase = event.attributes.get("phase")
@@ -178,14 +192,14 @@ class StartupTimeline:
         }
 
 
-def replay(chart: Statechart, events: Iterable[Event]) -> tuple[LifecycleProjection, StartupTimeline]:
+def replay(
+    chart: Statechart, events: Iterable[Event]
+) -> tuple[LifecycleProjection, StartupTimeline]:
     """Rebuild the projections from saved events; raises ``InvalidTransition`` if impossible."""
     state, timeline = LifecycleProjection(chart), StartupTimeline()
-    expected = 0
-    for event in events:
+    for expected, event in enumerate(events):
         if event.seq != expected:
             raise ValueError(f"event seq {event.seq} out of order: expected {expected}")
-        expected += 1
         state(event)
         timeline(event)
     return state, timeline

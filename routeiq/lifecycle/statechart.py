@@ -53,7 +53,9 @@ class Statechart:
         problems: list[tuple[str, str]] = []
         if self.initial not in known:
             problems.append(("initial", f"{self.initial!r} is not a declared state"))
-        problems += [("terminal", f"{s!r} is not a declared state") for s in self.terminal if s not in known]
+        problems += [
+            ("terminal", f"{s!r} is not a declared state") for s in self.terminal if s not in known
+        ]
         seen: set[tuple[str, str]] = set()
         for i, t in enumerate(self.transitions):
             for state in (*t.sources, t.dest):
@@ -136,7 +138,7 @@ class _Model:
 
 
 class StateMachine:
-    """A live ``transitions.Machine`` for one chart; invalid triggers raise ``InvalidTransition``."""
+    """A live ``transitions.Machine`` for a chart; invalid triggers raise ``InvalidTransition``."""
 
     def __init__(self, chart: Statechart) -> None:
         self.chart = chart
@@ -160,7 +162,9 @@ class StateMachine:
 
         before = self.state
         if not self.can(trigger):
-            raise InvalidTransition(self.chart.name, before, trigger, self.chart.triggers_from(before))
+            raise InvalidTransition(
+                self.chart.name, before, trigger, self.chart.triggers_from(before)
+            )
         try:
             self._model.trigger(trigger)  # type: ignore[attr-defined]
         except MachineError as exc:  # the chart and the machine disagree: treat as invalid

@@ -108,7 +108,9 @@ class Supervisor:
     async def start(self, service: Service) -> None:
         """Start ``service`` and return once it reported ready."""
         if self._tg is None:
-            raise GatewayError("the supervisor is not running: use `async with supervisor.running()`")
+            raise GatewayError(
+                "the supervisor is not running: use `async with supervisor.running()`"
+            )
         if service.name in self._names:
             raise GatewayError(f"a service named {service.name!r} is already supervised")
         self._names.add(service.name)
@@ -128,7 +130,7 @@ class Supervisor:
                         first = False
                         task_status.started()
                 outcome, error = "exited", None
-            except Exception as exc:  # noqa: BLE001 - cancellation is BaseException and passes
+            except Exception as exc:
                 if first:
                     self._record(service, "crashed", error=describe(_unwrap(exc)), attempt=attempt)
                     raise
@@ -136,13 +138,16 @@ class Supervisor:
             finally:
                 self._running.discard(service.name)
             self._record(service, outcome, error=error, attempt=attempt)
-            if service.policy == "temporary" or (service.policy == "transient" and outcome == "exited"):
+            if service.policy == "temporary" or (
+                service.policy == "transient" and outcome == "exited"
+            ):
                 return
             if not self._allow_restart():
                 self._gave_up = True
                 reason = (
                     f"service {service.name!r} exceeded the restart intensity "
-                    f"({self._max_restarts} restarts in {self._window_s:g}s); last: {error or outcome}"
+                    f"({self._max_restarts} restarts in {self._window_s:g}s); "
+                    f"last: {error or outcome}"
                 )
                 self._record(service, "gave_up", error=reason, attempt=attempt)
                 if self._on_give_up is not None:

@@ -20,7 +20,9 @@ __all__ = [
 
 MetricType = Literal["counter", "gauge", "histogram"]
 # prometheus_client multiprocess modes for gauges (see prometheus_client.multiprocess).
-GaugeMode = Literal["all", "liveall", "livesum", "max", "livemax", "min", "livemin", "sum", "mostrecent"]
+GaugeMode = Literal[
+    "all", "liveall", "livesum", "max", "livemax", "min", "livemin", "sum", "mostrecent"
+]
 
 # Startup takes ~3 s here; the alert threshold is 10 s, so buckets must reach well past it.
 STARTUP_BUCKETS: tuple[float, ...] = (

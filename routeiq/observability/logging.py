@@ -15,7 +15,12 @@ from routeiq.lifecycle.events import Event, EventKind
 
 __all__ = ["EventLogger", "install_handler"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class _RouteIQHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -59,7 +64,9 @@ class EventLogger:
         level = logging.INFO if event.ok else logging.ERROR
         if event.kind == EventKind.WARNING:
             level = logging.WARNING
-        elif event.kind in (EventKind.COMPONENT, EventKind.TEARDOWN, EventKind.SERVICE) and event.ok:
+        elif (
+            event.kind in (EventKind.COMPONENT, EventKind.TEARDOWN, EventKind.SERVICE) and event.ok
+        ):
             level = logging.DEBUG if event.kind != EventKind.SERVICE else logging.INFO
         if not self._log.isEnabledFor(level):
             return

@@ -43,7 +43,7 @@ def prepare_multiprocess_dir(directory: Path) -> int:
         if pid_text.isdigit() and not _alive(int(pid_text)):
             dead.add(int(pid_text))
     for pid in dead:
-        multiprocess.mark_process_dead(pid, str(directory))
+        multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
     return len(dead)
 
 
@@ -85,14 +85,14 @@ class GatewayMetrics:
         return METRICS
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition text of this worker, or of the whole process group in multiprocess mode."""
+        """The exposition text of this worker, or of the process group in multiprocess mode."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector
 
         if self.multiprocess_dir is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         group = CollectorRegistry()
-        MultiProcessCollector(group, path=str(self.multiprocess_dir))
+        MultiProcessCollector(group, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
         return generate_latest(group), CONTENT_TYPE_LATEST
 
 
@@ -122,7 +122,9 @@ class LifecycleMetricsProjection:
     def _transition(self, event: Event) -> None:
         m = self._m
         from_state, to_state = event.from_state or "", event.to_state or ""
-        m["gateway_lifecycle_transitions_total"].labels(from_state=from_state, to_state=to_state).inc()
+        m["gateway_lifecycle_transitions_total"].labels(
+            from_state=from_state, to_state=to_state
+        ).inc()
         for state in self._states:
             m["gateway_lifecycle_state"].labels(state=state).set(1 if state == to_state else 0)
         if to_state == "serving" and self._origin is not None:

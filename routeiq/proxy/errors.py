@@ -62,13 +62,17 @@ def map_upstream_error(exc: BaseException, redact: Callable[[str], str]) -> ApiE
     if "Timeout" in name or status == 408:
         return ApiError(504, f"the upstream model timed out: {message}", code="upstream_timeout")
     if status == 429 or "RateLimit" in name:
-        return ApiError(429, f"the upstream is rate limiting: {message}", code="rate_limit_exceeded")
+        return ApiError(
+            429, f"the upstream is rate limiting: {message}", code="rate_limit_exceeded"
+        )
     if isinstance(status, int) and status in (400, 422) and "ContextWindow" not in name:
         return ApiError(400, message, code="invalid_request")
     if "ContextWindow" in name:
         return ApiError(400, message, code="context_length_exceeded")
     if status in (401, 403):
-        return ApiError(502, "the upstream rejected the gateway's credentials", code="upstream_auth")
+        return ApiError(
+            502, "the upstream rejected the gateway's credentials", code="upstream_auth"
+        )
     return ApiError(502, f"the upstream model failed: {message}", code="upstream_error")
 
 

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CHAT_FIELDS", "COMPLETION_FIELDS", "EMBEDDING_FIELDS", "openai_routes"]
 
-_COMMON = frozenset({"model", "user", "metadata", "stream", "stream_options", "n", "seed", "timeout"})
+_COMMON = frozenset(
+    {"model", "user", "metadata", "stream", "stream_options", "n", "seed", "timeout"}
+)
 CHAT_FIELDS = _COMMON | {
     "messages", "temperature", "top_p", "stop", "max_tokens", "max_completion_tokens",
     "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
@@ -48,8 +50,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 def openai_routes(holder: GatewayApp) -> list[Route]:
     api = _Api(holder)
     return [
-        Route("/v1/chat/completions", api.endpoint("/v1/chat/completions", api.chat), methods=["POST"]),
-        Route("/v1/completions", api.endpoint("/v1/completions", api.completions), methods=["POST"]),
+        Route(
+            "/v1/chat/completions", api.endpoint("/v1/chat/completions", api.chat), methods=["POST"]
+        ),
+        Route(
+            "/v1/completions", api.endpoint("/v1/completions", api.completions), methods=["POST"]
+        ),
         Route("/v1/embeddings", api.endpoint("/v1/embeddings", api.embeddings), methods=["POST"]),
         Route("/v1/models", api.endpoint("/v1/models", api.models), methods=["GET"]),
     ]
@@ -59,7 +65,9 @@ class _Api:
     def __init__(self, holder: GatewayApp) -> None:
         self._holder = holder
 
-    def endpoint(self, route: str, handler: Callable[[Request, Gateway, dict[str, Any]], Awaitable[Response]]) -> Handler:
+    def endpoint(
+        self, route: str, handler: Callable[[Request, Gateway, dict[str, Any]], Awaitable[Response]]
+    ) -> Handler:
         async def serve(request: Request) -> Response:
             started = time.perf_counter()
             gateway = self._holder.gateway
@@ -81,7 +89,9 @@ class _Api:
                 response = exc.response()
             if metrics is not None:
                 if isinstance(response, StreamingResponse):
-                    response = self._count_stream(response, metrics, route, labels["model"], started)
+                    response = self._count_stream(
+                        response, metrics, route, labels["model"], started
+                    )
                 else:
                     self._count(metrics, route, labels["model"], response.status_code, started)
             return response
@@ -97,7 +107,9 @@ class _Api:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+            raise ApiError(
+                401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
         if not hmac.compare_digest(token.strip().encode(), key.encode()):
             raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
 
@@ -106,36 +118,50 @@ class _Api:
         limit = gateway.config.routeiq.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+            raise ApiError(
+                413, f"request body is larger than {limit} bytes", code="request_too_large"
+            )
         chunks: list[bytes] = []
         size = 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+                    raise ApiError(
+                        413, f"request body is larger than {limit} bytes", code="request_too_large"
+                    )
                 chunks.append(chunk)
         except ClientDisconnect:
             raise ApiError(400, "the client disconnected while sending the body") from None
         try:
             body = json.loads(b"".join(chunks) or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+            raise ApiError(
+                400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+            ) from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
         return body
 
-    def _call_kwargs(self, gateway: Gateway, body: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    def _call_kwargs(
+        self, gateway: Gateway, body: dict[str, Any], allowed: frozenset[str]
+    ) -> dict[str, Any]:
         assert gateway.config is not None
         unknown = sorted(set(body) - allowed)
         if unknown:
-            raise ApiError(400, f"unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
+            raise ApiError(
+                400, f"unrecognized request argument supplied: {unknown[0]}", param=unknown[0]
+            )
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "'model' is required and must be a string", param="model")
-        known = set(gateway.config.model_names) | set(gateway.config.router_settings.get("model_group_alias") or {})
+        known = set(gateway.config.model_names) | set(
+            gateway.config.router_settings.get("model_group_alias") or {}
+        )
         if model not in known:
-            raise ApiError(404, f"the model '{model}' does not exist", param="model", code="model_not_found")
+            raise ApiError(
+                404, f"the model '{model}' does not exist", param="model", code="model_not_found"
+            )
         if "stream" in body and not isinstance(body["stream"], bool):
             raise ApiError(400, "'stream' must be a boolean", param="stream")
         if "user" in body and not isinstance(body["user"], str):
@@ -155,21 +181,33 @@ class _Api:
     async def chat(self, request: Request, gateway: Gateway, body: dict[str, Any]) -> Response:
         kwargs = self._call_kwargs(gateway, body, CHAT_FIELDS)
         messages = kwargs.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            raise ApiError(400, "'messages' must be a non-empty array of message objects", param="messages")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) for m in messages)
+        ):
+            raise ApiError(
+                400, "'messages' must be a non-empty array of message objects", param="messages"
+            )
         for index, message in enumerate(messages):
             if not isinstance(message.get("role"), str):
-                raise ApiError(400, f"messages[{index}].role is required", param=f"messages[{index}].role")
+                raise ApiError(
+                    400, f"messages[{index}].role is required", param=f"messages[{index}].role"
+                )
         return await self._call(gateway, gateway.router.acompletion, kwargs)
 
-    async def completions(self, request: Request, gateway: Gateway, body: dict[str, Any]) -> Response:
+    async def completions(
+        self, request: Request, gateway: Gateway, body: dict[str, Any]
+    ) -> Response:
         kwargs = self._call_kwargs(gateway, body, COMPLETION_FIELDS)
         prompt = kwargs.get("prompt")
         if not isinstance(prompt, (str, list)) or not prompt:
             raise ApiError(400, "'prompt' must be a non-empty string or array", param="prompt")
         return await self._call(gateway, gateway.router.atext_completion, kwargs)
 
-    async def embeddings(self, request: Request, gateway: Gateway, body: dict[str, Any]) -> Response:
+    async def embeddings(
+        self, request: Request, gateway: Gateway, body: dict[str, Any]
+    ) -> Response:
         kwargs = self._call_kwargs(gateway, body, EMBEDDING_FIELDS)
         value = kwargs.get("input")
         if not isinstance(value, (str, list)) or not value:
@@ -185,17 +223,22 @@ class _Api:
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    async def _call(self, gateway: Gateway, method: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]) -> Response:
+    async def _call(
+        self, gateway: Gateway, method: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]
+    ) -> Response:
         redact = gateway.events.redactor
         try:
             result = await method(**kwargs)
         except ApiError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every upstream failure becomes an OpenAI error
+        except Exception as exc:
             raise map_upstream_error(exc, redact) from None
         if kwargs.get("stream"):
-            return StreamingResponse(_sse(result, redact), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            return StreamingResponse(
+                _sse(result, redact),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
+            )
         usage = getattr(result, "usage", None)
         if usage is not None and gateway.metrics is not None:
             _count_tokens(gateway, usage)
@@ -206,10 +249,16 @@ class _Api:
     @staticmethod
     def _count(metrics: Any, route: str, model: str, status: int, started: float) -> None:
         metrics["gateway_inflight_requests"].dec()
-        metrics["gateway_requests_total"].labels(route=route, model=model, status_class=f"{status // 100}xx").inc()
-        metrics["gateway_request_duration_seconds"].labels(route=route).observe(time.perf_counter() - started)
+        metrics["gateway_requests_total"].labels(
+            route=route, model=model, status_class=f"{status // 100}xx"
+        ).inc()
+        metrics["gateway_request_duration_seconds"].labels(route=route).observe(
+            time.perf_counter() - started
+        )
 
-    def _count_stream(self, response: StreamingResponse, metrics: Any, route: str, model: str, started: float) -> StreamingResponse:
+    def _count_stream(
+        self, response: StreamingResponse, metrics: Any, route: str, model: str, started: float
+    ) -> StreamingResponse:
         source = response.body_iterator
         count = self._count
 
@@ -219,11 +268,12 @@ class _Api:
                 async for chunk in source:
                     if first:
                         first = False
-                        metrics["gateway_time_to_first_token_seconds"].observe(time.perf_counter() - started)
+                        metrics["gateway_time_to_first_token_seconds"].observe(
+                            time.perf_counter() - started
+                        )
                     yield chunk
             finally:
-                with anyio.CancelScope(shield=True):
-                    count(metrics, route, model, response.status_code, started)
+                count(metrics, route, model, response.status_code, started)
 
         response.body_iterator = counted()
         return response
@@ -245,9 +295,16 @@ async def _sse(stream: Any, redact: Callable[[str], str]) -> AsyncIterator[bytes
     try:
         async for chunk in stream:
             yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
-    except Exception as exc:  # noqa: BLE001 - headers are sent: report in-band, as OpenAI does
+    except Exception as exc:
         error = map_upstream_error(exc, redact)
-        body = {"error": {"message": error.message, "type": "upstream_error", "param": None, "code": error.code}}
+        body = {
+            "error": {
+                "message": error.message,
+                "type": "upstream_error",
+                "param": None,
+                "code": error.code,
+            }
+        }
         yield b"data: " + json.dumps(body).encode() + b"\n\n"
     finally:
         aclose = getattr(stream, "aclose", None)

@@ -22,7 +22,10 @@ from tests.support.asgi import LifespanDriver, running_app
 pytestmark = pytest.mark.anyio
 
 PHASES = ("configure", "observe", "patch", "serve")
-MODEL = {"model_name": "m", "litellm_params": {"model": "openai/m", "mock_response": "hi", "api_key": "sk-up-123"}}
+MODEL = {
+    "model_name": "m",
+    "litellm_params": {"model": "openai/m", "mock_response": "hi", "api_key": "sk-up-123"},
+}
 
 
 def write_config(tmp_path: Path, routeiq: dict[str, Any] | None = None, **sections: Any) -> Path:
@@ -42,7 +45,11 @@ def recording_hooks(*, fail_in: str | None = None) -> list[dict[str, str]]:
 
 
 def transitions(gateway: Gateway) -> list[str]:
-    return [f"{e.from_state}->{e.to_state}" for e in gateway.events.events if e.kind == EventKind.TRANSITION]
+    return [
+        f"{e.from_state}->{e.to_state}"
+        for e in gateway.events.events
+        if e.kind == EventKind.TRANSITION
+    ]
 
 
 def teardowns(gateway: Gateway) -> list[str]:
@@ -74,7 +81,10 @@ async def test_startup_reaches_serving_in_order_and_stops(tmp_path: Path) -> Non
         assert components[name]["ok"] and components[name]["duration_s"] >= 0
     assert components["router"]["parent"] == "patch"
     assert startup["total_s"] > 0
-    assert hooks.RECORD == [*(f"enter:hook:{p}" for p in PHASES), *(f"exit:hook:{p}" for p in reversed(PHASES))]
+    assert [
+        *(f"enter:hook:{p}" for p in PHASES),
+        *(f"exit:hook:{p}" for p in reversed(PHASES)),
+    ] == hooks.RECORD
     assert teardowns(gateway) == [
         "supervisor",
         "hook:serve",
@@ -89,9 +99,13 @@ async def test_startup_reaches_serving_in_order_and_stops(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("phase", PHASES)
-async def test_failure_in_any_phase_unwinds_exactly_what_started(tmp_path: Path, phase: str) -> None:
+async def test_failure_in_any_phase_unwinds_exactly_what_started(
+    tmp_path: Path, phase: str
+) -> None:
     app = GatewayApp(
-        env={}, config_path=write_config(tmp_path, {"hooks": recording_hooks(fail_in=phase)}), exit_on_startup_failure=False
+        env={},
+        config_path=write_config(tmp_path, {"hooks": recording_hooks(fail_in=phase)}),
+        exit_on_startup_failure=False,
     )
     driver = LifespanDriver(app)
     async with anyio.create_task_group() as tg:
@@ -107,12 +121,18 @@ async def test_failure_in_any_phase_unwinds_exactly_what_started(tmp_path: Path,
     assert status.failed_phase == phase
     assert status.error is not None and "injected failure" in status.error
     started = list(PHASES[: PHASES.index(phase) + 1])
-    assert hooks.RECORD == [*(f"enter:hook:{p}" for p in started), *(f"exit:hook:{p}" for p in reversed(started))]
+    assert [
+        *(f"enter:hook:{p}" for p in started),
+        *(f"exit:hook:{p}" for p in reversed(started)),
+    ] == hooks.RECORD
     failed = [e for e in gateway.events.events if e.kind == EventKind.COMPONENT and not e.ok]
     assert [e.component for e in failed] == ["hook:boom"]
     assert transitions(gateway)[-1].endswith("->failed")
     assert isinstance(app.startup_error, StartupError) and app.startup_error.phase == phase
-    assert gateway.metrics is None or _sample(gateway, "gateway_startup_failures_total", {"phase": phase}) == 1
+    assert (
+        gateway.metrics is None
+        or _sample(gateway, "gateway_startup_failures_total", {"phase": phase}) == 1
+    )
 
 
 async def test_drain_requested_during_startup_unwinds_and_stops(tmp_path: Path) -> None:
@@ -139,8 +159,22 @@ async def test_drain_requested_during_startup_unwinds_and_stops(tmp_path: Path) 
     assert len(result) == 1
     # The patch phase's hook was still running, so the gateway drains from `observing`.
     assert transitions(gateway)[-2:] == ["observing->draining", "draining->stopped"]
-    assert teardowns(gateway) == ["supervisor", "router", "hook:observe", "tracing", "logging", "metrics", "hook:configure"]
-    assert hooks.RECORD == ["enter:hook:configure", "enter:hook:observe", "gate:patch", "exit:hook:observe", "exit:hook:configure"]
+    assert teardowns(gateway) == [
+        "supervisor",
+        "router",
+        "hook:observe",
+        "tracing",
+        "logging",
+        "metrics",
+        "hook:configure",
+    ]
+    assert hooks.RECORD == [
+        "enter:hook:configure",
+        "enter:hook:observe",
+        "gate:patch",
+        "exit:hook:observe",
+        "exit:hook:configure",
+    ]
     cancelled = [e for e in gateway.events.events if e.kind == EventKind.COMPONENT and not e.ok]
     assert [(e.component, e.error) for e in cancelled] == [("hook:wait", "cancelled")]
 
@@ -150,20 +184,71 @@ async def test_two_apps_in_one_process_do_not_interfere(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     config_a = tmp_path / "a" / "c.yaml"
     config_b = tmp_path / "b" / "c.yaml"
-    config_a.write_text(yaml.safe_dump({"model_list": [{"model_name": "alpha", "litellm_params": {"model": "openai/a", "mock_response": "from A", "api_key": "k"}}], "routeiq": {"master_key": "key-a"}}))
-    config_b.write_text(yaml.safe_dump({"model_list": [{"model_name": "beta", "litellm_params": {"model": "openai/b", "mock_response": "from B", "api_key": "k"}}], "routeiq": {"master_key": "key-b"}}))
-    app_a, app_b = GatewayApp(env={}, config_path=config_a), GatewayApp(env={}, config_path=config_b)
+    config_a.write_text(
+        yaml.safe_dump(
+            {
+                "model_list": [
+                    {
+                        "model_name": "alpha",
+                        "litellm_params": {
+                            "model": "openai/a",
+                            "mock_response": "from A",
+                            "api_key": "k",
+                        },
+                    }
+                ],
+                "routeiq": {"master_key": "key-a"},
+            }
+        )
+    )
+    config_b.write_text(
+        yaml.safe_dump(
+            {
+                "model_list": [
+                    {
+                        "model_name": "beta",
+                        "litellm_params": {
+                            "model": "openai/b",
+                            "mock_response": "from B",
+                            "api_key": "k",
+                        },
+                    }
+                ],
+                "routeiq": {"master_key": "key-b"},
+            }
+        )
+    )
+    app_a, app_b = (
+        GatewayApp(env={}, config_path=config_a),
+        GatewayApp(env={}, config_path=config_b),
+    )
     async with running_app(app_a) as a, running_app(app_b) as b:
         chat = {"messages": [{"role": "user", "content": "hi"}]}
-        ra = await a.post("/v1/chat/completions", json={"model": "alpha", **chat}, headers={"authorization": "Bearer key-a"})
-        rb = await b.post("/v1/chat/completions", json={"model": "beta", **chat}, headers={"authorization": "Bearer key-b"})
+        ra = await a.post(
+            "/v1/chat/completions",
+            json={"model": "alpha", **chat},
+            headers={"authorization": "Bearer key-a"},
+        )
+        rb = await b.post(
+            "/v1/chat/completions",
+            json={"model": "beta", **chat},
+            headers={"authorization": "Bearer key-b"},
+        )
         assert ra.status_code == 200, ra.text
         assert ra.json()["choices"][0]["message"]["content"] == "from A"
         assert rb.json()["choices"][0]["message"]["content"] == "from B"
         # Each app knows only its own models and keys.
-        cross = await a.post("/v1/chat/completions", json={"model": "beta", **chat}, headers={"authorization": "Bearer key-a"})
+        cross = await a.post(
+            "/v1/chat/completions",
+            json={"model": "beta", **chat},
+            headers={"authorization": "Bearer key-a"},
+        )
         assert cross.status_code == 404
-        wrong_key = await b.post("/v1/chat/completions", json={"model": "beta", **chat}, headers={"authorization": "Bearer key-a"})
+        wrong_key = await b.post(
+            "/v1/chat/completions",
+            json={"model": "beta", **chat},
+            headers={"authorization": "Bearer key-a"},
+        )
         assert wrong_key.status_code == 401
         assert app_a.gateway is not None and app_b.gateway is not None
         assert app_a.gateway.router is not app_b.gateway.router
@@ -189,8 +274,19 @@ async def test_no_task_or_thread_left_after_shutdown(tmp_path: Path) -> None:
 
 async def test_services_that_exceed_restart_intensity_fail_the_gateway(tmp_path: Path) -> None:
     routeiq = {
-        "services": [{"name": "flaky", "call": "tests.support.hooks:crashing_service", "restart": "permanent"}],
-        "supervisor": {"max_restarts": 3, "window_s": 60, "backoff_initial_s": 0, "backoff_max_s": 0},
+        "services": [
+            {
+                "name": "flaky",
+                "call": "tests.support.hooks:crashing_service",
+                "restart": "permanent",
+            }
+        ],
+        "supervisor": {
+            "max_restarts": 3,
+            "window_s": 60,
+            "backoff_initial_s": 0,
+            "backoff_max_s": 0,
+        },
     }
     app = GatewayApp(env={}, config_path=write_config(tmp_path, routeiq))
     async with running_app(app) as client:

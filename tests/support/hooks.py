@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from routeiq.lifecycle.hooks import HookContext
@@ -68,5 +69,10 @@ async def crashing_service(ctx: HookContext, *, task_status: TaskStatus[None]) -
     """Ready at once, then crashes: with a restart policy the supervisor keeps restarting it."""
     task_status.started()
     _record(f"service-crash:{ctx.name}")
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     raise RuntimeError("service crashed on purpose")
+
+
+def fail_with_secret(ctx: HookContext) -> None:
+    """Fails with the master key in its message: the event log must never show it."""
+    raise RuntimeError(f"injected failure in phase {ctx.phase} (key {ctx.config.master_key})")
