@@ -1,7 +1,8 @@
 """The ``routeiq`` command: ``serve``, ``check``, ``statechart`` and ``events replay``.
 
 Errors an operator can fix are printed as readable messages (never a traceback) with a
-non-zero exit: 2 for invalid input (config, event log), 1 for usage errors (argparse's own).
+non-zero exit: 2 for invalid input (config, event log) and for usage errors (argparse's
+convention), 1 when no command is given.
 """
 
 from __future__ import annotations

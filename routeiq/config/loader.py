@@ -90,17 +90,18 @@ def embedded_default() -> dict[str, Any]:
 
 def load_config(env: Mapping[str, str], path: Path | None = None) -> GatewayConfig:
     """The config at ``path`` (else ``ROUTEIQ_CONFIG``, else the embedded default)."""
+    origin = "config file"
     if path is None and env.get("ROUTEIQ_CONFIG"):
-        path = Path(env["ROUTEIQ_CONFIG"])
+        path, origin = Path(env["ROUTEIQ_CONFIG"]), "ROUTEIQ_CONFIG"
     if path is None:
         return parse_config(embedded_default(), env, source="<embedded default>")
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([("ROUTEIQ_CONFIG", f"file not found: {path}")]) from None
+        raise ConfigError([(origin, f"file not found: {path}")]) from None
     except OSError as exc:
-        raise ConfigError([("ROUTEIQ_CONFIG", f"cannot read {path}: {exc.strerror}")]) from None
+        raise ConfigError([(origin, f"cannot read {path}: {exc.strerror}")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -120,13 +121,21 @@ def parse_config(data: object, env: Mapping[str, str], *, source: str) -> Gatewa
         raise ConfigError([("", "the top level must be a mapping")], source=source)
     problems: list[tuple[str, str]] = []
     secrets: set[str] = set()
+    declared = data.get("environment_variables")
+    if isinstance(declared, dict):
+        # LiteLLM proxy exports these into os.environ; RouteIQ never touches the process env,
+        # so they are only a source for this config's ``os.environ/NAME`` references.
+        env = {**env, **{str(k): str(v) for k, v in declared.items()}}
+        secrets.update(str(v) for v in declared.values() if len(str(v)) >= 8)
     resolved = _resolve_env_refs(data, env, (), problems, secrets)
     _apply_env_overrides(resolved, env)
     general = resolved.get("general_settings")
     if isinstance(general, dict) and general.get("master_key"):
+        # LiteLLM proxy's place for the key; moved so that no plain copy stays in the config.
         routeiq = resolved.setdefault("routeiq", {})
+        master_key = general.pop("master_key")
         if isinstance(routeiq, dict):
-            routeiq.setdefault("master_key", general["master_key"])
+            routeiq.setdefault("master_key", master_key)
     problems += _check_sections(resolved)
     config: GatewayConfig | None = None
     try:
@@ -134,9 +143,12 @@ def parse_config(data: object, env: Mapping[str, str], *, source: str) -> Gatewa
     except ValidationError as exc:
         errors = exc.errors()
         locs = [tuple(err["loc"]) for err in errors]
+        reported = {path for path, _ in problems}
         for err, loc in zip(errors, locs, strict=True):
             # A list whose items failed also fails its own length check; report the items only.
             if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
+                continue
+            if _path(loc) in reported:  # already explained (a missing env reference)
                 continue
             problems.append((_path(loc), _message(err)))
     if problems or config is None:

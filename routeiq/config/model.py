@@ -6,15 +6,27 @@ here, so that a config that validates is one the gateway can start with.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "DeploymentConfig",
     "DrainSettings",
     "EventLogSettings",
+    "FrozenMapping",
     "GatewayConfig",
     "HookSpec",
     "LeadershipSettings",
@@ -23,7 +35,30 @@ __all__ = [
     "RoutingSettings",
     "ServiceSpec",
     "SupervisorSettings",
+    "freeze",
+    "thaw",
 ]
+
+
+def freeze(value: Any) -> Any:
+    """A read-only deep copy: mappings become ``MappingProxyType``, lists become tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain mutable deep copy of a frozen value, for libraries that expect dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+FrozenMapping = Annotated[Mapping[str, Any], AfterValidator(freeze), PlainSerializer(thaw)]
 
 
 class _Frozen(BaseModel):
@@ -39,7 +74,7 @@ class DeploymentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
     model_name: str = Field(min_length=1)
     litellm_params: LitellmParams
-    model_info: dict[str, Any] = Field(default_factory=dict)
+    model_info: FrozenMapping = Field(default_factory=dict)
 
 
 class EventLogSettings(_Frozen):
@@ -124,7 +159,7 @@ class LimitsSettings(_Frozen):
 class RoutingSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     strategy: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: FrozenMapping = Field(default_factory=dict)
 
 
 class MetricsSettings(_Frozen):
@@ -160,10 +195,10 @@ class GatewayConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     model_list: tuple[DeploymentConfig, ...] = Field(min_length=1)
-    router_settings: dict[str, Any] = Field(default_factory=dict)
-    litellm_settings: dict[str, Any] = Field(default_factory=dict)
-    general_settings: dict[str, Any] = Field(default_factory=dict)
-    environment_variables: dict[str, str] = Field(default_factory=dict)
+    router_settings: FrozenMapping = Field(default_factory=dict)
+    litellm_settings: FrozenMapping = Field(default_factory=dict)
+    general_settings: FrozenMapping = Field(default_factory=dict)
+    environment_variables: dict[str, str] = Field(default_factory=dict, repr=False)
     routeiq: RouteIQSettings = RouteIQSettings()
     # Where the config came from, and the secret values it holds (for redaction); not YAML keys.
     source: str = Field(default="<embedded default>", exclude=True)

@@ -17,7 +17,7 @@ import os
 from types import ModuleType
 from typing import Any
 
-from routeiq.config.model import GatewayConfig
+from routeiq.config.model import GatewayConfig, thaw
 from routeiq.errors import ConfigError
 
 __all__ = ["LITELLM_LOGGERS", "build_router", "import_litellm"]
@@ -41,8 +41,8 @@ def import_litellm() -> ModuleType:
 
 def build_router(litellm: ModuleType, config: GatewayConfig) -> Any:
     """A new ``litellm.Router`` for ``config``; a settings error is a ``ConfigError``."""
-    model_list = [d.model_dump(mode="python") for d in config.model_list]
-    settings = dict(config.router_settings)
+    model_list = [thaw(d.model_dump(mode="python")) for d in config.model_list]
+    settings = thaw(config.router_settings)
     try:
         return litellm.Router(model_list=model_list, **settings)
     except (TypeError, ValueError) as exc:

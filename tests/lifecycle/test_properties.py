@@ -153,9 +153,7 @@ def test_real_gateway_runs_under_random_faults(
         outcome = anyio.run(_run_gateway, gateway, drain_in)
     final = gateway.status()
     # The gate hook is declared before the failing one, so in the same phase the drain wins.
-    if fail_in is not None and (
-        drain_in is None or PHASES.index(fail_in) < PHASES.index(drain_in)
-    ):
+    if fail_in is not None and (drain_in is None or PHASES.index(fail_in) < PHASES.index(drain_in)):
         assert outcome == "failed" and final.state == "failed" and final.failed_phase == fail_in
     elif drain_in is not None:
         assert outcome == "aborted" and final.state == "stopped"

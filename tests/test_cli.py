@@ -1,0 +1,351 @@
+"""The ``routeiq`` command, in-process through ``main`` and once as the installed script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from routeiq.cli import main
+from routeiq.lifecycle.clock import ManualClock
+from routeiq.lifecycle.events import EventKind, EventLog, JsonlSink
+from routeiq.lifecycle.projections import LifecycleProjection, StartupTimeline
+from routeiq.lifecycle.statechart import Statechart, StateMachine
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = {
+    "model_list": [
+        {
+            "model_name": "fast",
+            "litellm_params": {"model": "openai/fast", "api_key": "os.environ/CLI_TEST_KEY"},
+        },
+        {"model_name": "fast", "litellm_params": {"model": "openai/fast-2"}},
+        {"model_name": "smart", "litellm_params": {"model": "openai/smart"}},
+    ]
+}
+BAD = {
+    "model_list": [{"model_name": "m", "litellm_params": {}}],
+    "bogus": 1,
+    "routeiq": {"log_level": "loud"},
+}
+BAD_ERRORS = [
+    "  bogus: unknown field",
+    "  model_list[0].litellm_params.model: Field required",
+    "  routeiq.log_level: Input should be 'debug', 'info', 'warning' or 'error'",
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_routeiq_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("ROUTEIQ_"):
+            monkeypatch.delenv(name)
+
+
+def write_yaml(tmp_path: Path, data: Any, name: str) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+# --- check ---
+
+
+def test_check_good_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLI_TEST_KEY", "sk-cli")
+    path = write_yaml(tmp_path, GOOD, "good.yaml")
+    assert main(["check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"OK: {path} (3 deployments, models: fast, smart)\n"
+    assert err == ""
+
+
+def test_check_bad_file_prints_every_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_yaml(tmp_path, BAD, "bad.yaml")
+    assert main(["check", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"invalid configuration in {path}:", *BAD_ERRORS]
+
+
+def test_check_reports_a_missing_secret_from_the_process_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CLI_TEST_KEY", raising=False)
+    path = write_yaml(tmp_path, GOOD, "good.yaml")
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"invalid configuration in {path}:",
+        "  model_list[0].litellm_params.api_key: environment variable CLI_TEST_KEY is not set",
+    ]
+
+
+def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.yaml"
+    assert main(["check", str(path)]) == 2
+    assert str(path) in capsys.readouterr().err
+
+
+def test_check_bad_file_as_the_installed_script(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("routeiq")
+    assert script.is_file(), (
+        f"{script} is missing: install the package into the venv (`pip install -e .`)"
+    )
+    path = write_yaml(tmp_path, BAD, "bad.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEIQ_")}
+    done = subprocess.run(
+        [str(script), "check", str(path)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"invalid configuration in {path}:", *BAD_ERRORS]
+    assert done.stdout == ""
+
+
+# --- statechart and usage ---
+
+
+def test_statechart_prints_the_committed_mermaid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["statechart"]) == 0
+    out, err = capsys.readouterr()
+    assert out == (REPO / "statecharts" / "gateway.mmd").read_text(encoding="utf-8")
+    assert err == ""
+
+
+def test_statechart_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["statechart", "nonexistent"]) == 2
+    assert capsys.readouterr().err == "routeiq: no statechart named 'nonexistent'\n"
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 1
+    assert capsys.readouterr().out.startswith("usage: routeiq ")
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["check"])
+    assert caught.value.code == 2
+    assert "the following arguments are required: file" in capsys.readouterr().err
+
+
+# --- events replay ---
+
+
+class Recording:
+    """A real ``EventLog`` + ``JsonlSink`` fed by the gateway chart's own ``StateMachine``."""
+
+    def __init__(self, path: Path, *, worker_id: str = "w1", pid: int = 111) -> None:
+        self.chart = Statechart.load("gateway")
+        self.clock = ManualClock()
+        self.log = EventLog(self.clock, worker_id=worker_id, pid=pid)
+        self.machine = StateMachine(self.chart)
+        self.state, self.timeline = LifecycleProjection(self.chart), StartupTimeline()
+        self.log.subscribe(self.state)
+        self.log.subscribe(self.timeline)
+        self.sink = JsonlSink(path)
+        self.log.subscribe(self.sink)
+        self.log.append(EventKind.CREATED, to_state=self.machine.state)
+
+    def component(self, name: str, seconds: float, *, error: str | None = None) -> None:
+        self.clock.advance(seconds)
+        self.log.append(
+            EventKind.COMPONENT, component=name, duration_s=seconds, ok=error is None, error=error
+        )
+
+    def fire(
+        self, trigger: str, *, after: float = 0.0, error: str | None = None, **attributes: str
+    ) -> None:
+        self.clock.advance(after)
+        before, to_state = self.machine.fire(trigger)
+        self.log.append(
+            EventKind.TRANSITION,
+            trigger=trigger,
+            from_state=before,
+            to_state=to_state,
+            ok=error is None,
+            error=error,
+            attributes=attributes,
+        )
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def record_happy(path: Path, **ids: Any) -> Recording:
+    rec = Recording(path, **ids)
+    rec.component("config", 0.25)
+    rec.fire("configure")
+    rec.component("metrics", 0.5)
+    rec.component("tracing", 0.125)
+    rec.fire("observe")
+    rec.component("router", 1.0)
+    rec.fire("patch")
+    rec.fire("serve", after=0.5)
+    rec.fire("drain", after=10.0)
+    rec.fire("stop", after=0.25)
+    rec.close()
+    return rec
+
+
+def record_failure(path: Path, **ids: Any) -> Recording:
+    rec = Recording(path, **ids)
+    rec.component("config", 0.25)
+    rec.fire("configure")
+    rec.component("metrics", 0.5)
+    rec.fire("observe")
+    rec.component("router", 0.75, error="RuntimeError: boom")
+    rec.fire("fail", error="RuntimeError: boom", phase="patch")
+    rec.close()
+    return rec
+
+
+HAPPY_TEXT = """\
+worker w1 (pid 111): final state stopped
+  startup: serving in 2.375s
+    configure       250.0 ms
+      config                        250.0 ms
+    observe         625.0 ms
+      metrics                       500.0 ms
+      tracing                       125.0 ms
+    patch          1000.0 ms
+      router                       1000.0 ms
+    serve           500.0 ms
+"""
+
+FAILURE_TEXT = """\
+worker w1 (pid 222): final state failed
+  failed in phase patch: RuntimeError: boom
+  startup: failed in 1.500s
+    configure       250.0 ms
+      config                        250.0 ms
+    observe         500.0 ms
+      metrics                       500.0 ms
+    patch           750.0 ms  (failed)
+      router                        750.0 ms  error: RuntimeError: boom
+"""
+
+
+def test_replay_prints_final_state_and_startup_timeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.jsonl"
+    record_happy(path)
+    assert main(["events", "replay", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == HAPPY_TEXT
+    assert err == ""
+
+
+def test_replay_of_a_failed_startup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "events.jsonl"
+    record_failure(path, pid=222)
+    assert main(["events", "replay", str(path)]) == 0
+    assert capsys.readouterr().out == FAILURE_TEXT
+
+
+def test_replay_json_matches_the_live_projections(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.jsonl"
+    rec = record_happy(path)
+    assert main(["events", "replay", "--json", str(path)]) == 0
+    status = rec.state.status()
+    assert json.loads(capsys.readouterr().out) == [
+        {
+            "worker_id": "w1",
+            "pid": 111,
+            "state": status.state,
+            "failed_phase": status.failed_phase,
+            "error": status.error,
+            "startup": rec.timeline.to_dict(),
+        }
+    ]
+    assert status.state == "stopped"
+    assert rec.timeline.to_dict()["total_s"] == 2.375
+
+
+def test_replay_prints_every_run_in_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.jsonl"
+    first = record_failure(path, pid=222)
+    second = record_happy(path, pid=222)  # the same worker restarted: seq starts again at 0
+    assert main(["events", "replay", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out == FAILURE_TEXT + HAPPY_TEXT.replace("pid 111", "pid 222")
+    assert main(["events", "replay", "--json", str(path)]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert [(r["worker_id"], r["pid"], r["state"], r["failed_phase"]) for r in runs] == [
+        ("w1", 222, "failed", "patch"),
+        ("w1", 222, "stopped", None),
+    ]
+    assert [r["startup"] for r in runs] == [first.timeline.to_dict(), second.timeline.to_dict()]
+
+
+IMPOSSIBLE = "routeiq: impossible event sequence for worker w1 (pid 111):"
+
+
+def edit_lines(path: Path, edit: str) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if edit == "configured->serving":
+        event = json.loads(lines[5])  # the transition that entered `observing`
+        assert (event["from_state"], event["to_state"]) == ("configured", "observing")
+        event.update(trigger="serve", to_state="serving")
+        lines[5] = json.dumps(event)
+    elif edit == "seq gap":
+        del lines[3]
+    elif edit == "malformed line":
+        lines[3] = lines[3][:40]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            "configured->serving",
+            f"{IMPOSSIBLE} gateway: trigger 'serve' is not allowed in state 'configured'; "
+            "allowed from 'configured': observe, drain, fail",
+        ),
+        (
+            "seq gap",
+            f"{IMPOSSIBLE} event seq 4 out of order: expected 3",
+        ),
+        ("malformed line", "routeiq: unreadable event log: {path}:4: "),
+    ],
+)
+def test_replay_rejects_an_impossible_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: str, message: str
+) -> None:
+    path = tmp_path / "events.jsonl"
+    record_happy(path)
+    edit_lines(path, edit)
+    assert main(["events", "replay", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(message.format(path=path))
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_replay_of_an_empty_or_missing_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    assert main(["events", "replay", str(empty)]) == 2
+    assert capsys.readouterr().err == f"routeiq: {empty} holds no events\n"
+    missing = tmp_path / "missing.jsonl"
+    assert main(["events", "replay", str(missing)]) == 2
+    assert capsys.readouterr().err == f"routeiq: no such event log: {missing}\n"
