@@ -495,7 +495,7 @@ def test_dict_fields_of_a_config_are_frozen_too() -> None:
         {"model_list": [MODEL], "router_settings": {"timeout": 10}}, {}, source="t"
     )
     with pytest.raises(TypeError):
-        config.router_settings["timeout"] = 1
+        config.router_settings["timeout"] = 1  # type: ignore[index]
 
 
 def test_config_error_is_a_value_error_and_a_gateway_error() -> None:
