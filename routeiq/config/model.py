@@ -175,6 +175,9 @@ class RouteIQSettings(_Frozen):
     supervisor: SupervisorSettings = SupervisorSettings()
     leadership: LeadershipSettings = LeadershipSettings()
     limits: LimitsSettings = LimitsSettings()
+    # Forward OpenAI-compatible deployments' traffic directly after the Router's pick (see
+    # routeiq.proxy.passthrough); off = every request goes through Router.acompletion.
+    passthrough: bool = True
     routing: RoutingSettings = RoutingSettings()
     metrics: MetricsSettings = MetricsSettings()
     hooks: tuple[HookSpec, ...] = ()

@@ -247,6 +247,7 @@ class Gateway:
         self._on_undo(undo, "tracing", provider.shutdown)
 
     async def _phase_patch(self, undo: AsyncExitStack) -> None:
+        from routeiq.proxy.passthrough import Passthrough, passthrough_applies, request_timeout_s
         from routeiq.routing.litellm_setup import build_router, import_litellm
 
         config = self._config()
@@ -255,6 +256,11 @@ class Gateway:
         with self._component("router"):
             self.router = build_router(litellm, config)
         self._on_undo(undo, "router", self._drop_router)
+        if passthrough_applies(config):
+            with self._component("http_client"):
+                passthrough = Passthrough.create(default_timeout_s=request_timeout_s(config))
+                self.extensions["passthrough"] = passthrough
+            self._on_undo(undo, "http_client", passthrough.close)
 
     async def _phase_serve(self, supervisor: Supervisor) -> None:
         config = self._config()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,6 +21,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from routeiq.proxy.errors import ApiError, map_upstream_error
+from routeiq.proxy.passthrough import Passthrough, stream_usage
+from routeiq.routing.decisions import recording_decisions
 
 if TYPE_CHECKING:
     from routeiq.app import GatewayApp
@@ -194,7 +196,9 @@ class _Api:
                 raise ApiError(
                     400, f"messages[{index}].role is required", param=f"messages[{index}].role"
                 )
-        return await self._call(gateway, gateway.router.acompletion, kwargs)
+        return await self._call(
+            gateway, gateway.router.acompletion, kwargs, upstream_path="/chat/completions"
+        )
 
     async def completions(
         self, request: Request, gateway: Gateway, body: dict[str, Any]
@@ -203,7 +207,9 @@ class _Api:
         prompt = kwargs.get("prompt")
         if not isinstance(prompt, (str, list)) or not prompt:
             raise ApiError(400, "'prompt' must be a non-empty string or array", param="prompt")
-        return await self._call(gateway, gateway.router.atext_completion, kwargs)
+        return await self._call(
+            gateway, gateway.router.atext_completion, kwargs, upstream_path="/completions"
+        )
 
     async def embeddings(
         self, request: Request, gateway: Gateway, body: dict[str, Any]
@@ -212,7 +218,9 @@ class _Api:
         value = kwargs.get("input")
         if not isinstance(value, (str, list)) or not value:
             raise ApiError(400, "'input' must be a non-empty string or array", param="input")
-        return await self._call(gateway, gateway.router.aembedding, kwargs)
+        return await self._call(
+            gateway, gateway.router.aembedding, kwargs, upstream_path="/embeddings"
+        )
 
     async def models(self, request: Request, gateway: Gateway, body: dict[str, Any]) -> Response:
         assert gateway.config is not None
@@ -224,6 +232,59 @@ class _Api:
         return JSONResponse({"object": "list", "data": data})
 
     async def _call(
+        self,
+        gateway: Gateway,
+        method: Callable[..., Awaitable[Any]],
+        kwargs: dict[str, Any],
+        *,
+        upstream_path: str,
+    ) -> Response:
+        with recording_decisions() as recorder:
+            response = await self._fast_path(gateway, kwargs, upstream_path)
+            if response is None:
+                response = await self._litellm_path(gateway, method, kwargs)
+        decision = recorder.last
+        if decision is not None:
+            response.headers["x-routeiq-deployment"] = decision.deployment_id
+            response.headers["x-routeiq-strategy"] = decision.strategy
+            response.headers["x-routeiq-arm"] = decision.arm
+        return response
+
+    async def _fast_path(
+        self, gateway: Gateway, kwargs: dict[str, Any], upstream_path: str
+    ) -> Response | None:
+        """Forward through the Router's pick, or ``None`` to use litellm's call path."""
+        passthrough: Passthrough | None = gateway.extensions.get("passthrough")
+        if passthrough is None:
+            return None
+        try:
+            deployment = await gateway.router.select(
+                kwargs["model"],
+                dict(kwargs),
+                messages=kwargs.get("messages"),
+                input=kwargs.get("input"),
+            )
+        except Exception:  # no pick (cooldown, no capacity): litellm decides
+            return None
+        target = Passthrough.target(deployment) if isinstance(deployment, Mapping) else None
+        if target is None:
+            return None
+        relay = await passthrough.forward(target, upstream_path, kwargs)
+        if relay is None:
+            return None
+        headers = {"x-routeiq-deployment": target.deployment_id}
+        if relay.chunks is None:
+            if relay.usage is not None:
+                _count_tokens(gateway, relay.usage)
+            return Response(relay.body, 200, headers=headers, media_type=relay.content_type)
+        headers["cache-control"] = "no-cache"
+        return DisconnectAwareStream(
+            _count_stream_usage(relay.chunks, gateway),
+            headers=headers,
+            media_type="text/event-stream",
+        )
+
+    async def _litellm_path(
         self, gateway: Gateway, method: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]
     ) -> Response:
         redact = gateway.events.redactor
@@ -234,13 +295,13 @@ class _Api:
         except Exception as exc:
             raise map_upstream_error(exc, redact) from None
         if kwargs.get("stream"):
-            return StreamingResponse(
-                _sse(result, redact),
+            return DisconnectAwareStream(
+                _sse(result, redact, gateway),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache"},
             )
         usage = getattr(result, "usage", None)
-        if usage is not None and gateway.metrics is not None:
+        if usage is not None:
             _count_tokens(gateway, usage)
         return JSONResponse(result.model_dump(mode="json", exclude_none=True))
 
@@ -274,26 +335,87 @@ class _Api:
                     yield chunk
             finally:
                 count(metrics, route, model, response.status_code, started)
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True):
+                        await aclose()
 
         response.body_iterator = counted()
         return response
 
 
+class DisconnectAwareStream(StreamingResponse):
+    """Streams until done or until the client disconnects, then closes the body iterator.
+
+    Starlette stops listening for ``http.disconnect`` on newer ASGI servers and relies on
+    ``send`` failing, which hypercorn does not do: a gone client would keep the upstream
+    generating. Closing the iterator closes the upstream stream (see ``_sse``).
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        iterator = self.body_iterator
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch_disconnect)
+                await self.stream_response(send)
+                tg.cancel_scope.cancel()
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+
 def _count_tokens(gateway: Gateway, usage: Any) -> None:
-    assert gateway.metrics is not None
+    if gateway.metrics is None:
+        return
     tokens = gateway.metrics["gateway_tokens_total"]
-    prompt = getattr(usage, "prompt_tokens", None) or 0
-    completion = getattr(usage, "completion_tokens", None) or 0
+    if isinstance(usage, Mapping):
+        prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+    else:
+        prompt = getattr(usage, "prompt_tokens", None) or 0
+        completion = getattr(usage, "completion_tokens", None) or 0
     if prompt:
         tokens.labels(type="input").inc(prompt)
     if completion:
         tokens.labels(type="output").inc(completion)
 
 
-async def _sse(stream: Any, redact: Callable[[str], str]) -> AsyncIterator[bytes]:
+async def _count_stream_usage(
+    chunks: AsyncIterator[bytes], gateway: Gateway
+) -> AsyncIterator[bytes]:
+    """Relays SSE bytes unchanged, counting the usage chunk's tokens (lines may span chunks)."""
+    pending = b""
+    try:
+        async for chunk in chunks:
+            yield chunk
+            pending += chunk
+            cut = pending.rfind(b"\n")
+            if cut >= 0:
+                usage = stream_usage(pending[:cut])
+                if usage is not None:
+                    _count_tokens(gateway, usage)
+                pending = pending[cut + 1 :]
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            with anyio.CancelScope(shield=True):
+                await aclose()
+
+
+async def _sse(stream: Any, redact: Callable[[str], str], gateway: Gateway) -> AsyncIterator[bytes]:
     """OpenAI's SSE framing; closing this generator (client gone) closes the upstream stream."""
     try:
         async for chunk in stream:
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                _count_tokens(gateway, usage)
             yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
     except Exception as exc:
         error = map_upstream_error(exc, redact)

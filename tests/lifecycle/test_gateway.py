@@ -89,6 +89,7 @@ async def test_startup_reaches_serving_in_order_and_stops(tmp_path: Path) -> Non
         "supervisor",
         "hook:serve",
         "hook:patch",
+        "http_client",
         "router",
         "hook:observe",
         "tracing",
@@ -161,6 +162,7 @@ async def test_drain_requested_during_startup_unwinds_and_stops(tmp_path: Path) 
     assert transitions(gateway)[-2:] == ["observing->draining", "draining->stopped"]
     assert teardowns(gateway) == [
         "supervisor",
+        "http_client",
         "router",
         "hook:observe",
         "tracing",

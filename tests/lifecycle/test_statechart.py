@@ -56,11 +56,20 @@ def chart() -> Statechart:
 # --- the rendering is not stale ---
 
 
-def test_mermaid_rendering_is_current(chart: Statechart) -> None:
-    committed = (CHECKOUT_CHARTS / "gateway.mmd").read_text(encoding="utf-8")
-    stale = "statecharts/gateway.mmd is stale: run `routeiq statechart > statecharts/gateway.mmd`"
-    assert committed == chart.to_mermaid(), stale
-    assert committed == Statechart.from_file(CHECKOUT_CHARTS / "gateway.yaml").to_mermaid(), stale
+@pytest.mark.parametrize("name", ["gateway", "leadership"])
+def test_mermaid_rendering_is_current(name: str) -> None:
+    committed = (CHECKOUT_CHARTS / f"{name}.mmd").read_text(encoding="utf-8")
+    stale = (
+        f"statecharts/{name}.mmd is stale: run `routeiq statechart {name} > statecharts/{name}.mmd`"
+    )
+    assert committed == Statechart.load(name).to_mermaid(), stale
+    assert committed == Statechart.from_file(CHECKOUT_CHARTS / f"{name}.yaml").to_mermaid(), stale
+
+
+def test_every_chart_has_a_rendering() -> None:
+    charts = {p.stem for p in CHECKOUT_CHARTS.glob("*.yaml")}
+    renderings = {p.stem for p in CHECKOUT_CHARTS.glob("*.mmd")}
+    assert charts == renderings
 
 
 def test_loaded_chart_is_the_checkouts_chart(chart: Statechart) -> None:
