@@ -108,7 +108,8 @@ class Passthrough:
         api_base = params.get("api_base")
         if provider not in OPENAI_PROVIDERS or not model or not isinstance(api_base, str):
             return None
-        if set(params) - FORWARDABLE_PARAMS:
+        # litellm fills in its own flags with falsy defaults; any set one needs litellm.
+        if any(params[k] for k in set(params) - FORWARDABLE_PARAMS):
             return None
         headers = {"content-type": "application/json"}
         if params.get("api_key"):
