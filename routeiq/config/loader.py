@@ -7,6 +7,8 @@ reads only the env mapping and the file it is given, so tests pass both explicit
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,7 +96,8 @@ def load_config(env: Mapping[str, str], path: Path | None = None) -> GatewayConf
     if path is None and env.get("ROUTEIQ_CONFIG"):
         path, origin = Path(env["ROUTEIQ_CONFIG"]), "ROUTEIQ_CONFIG"
     if path is None:
-        return parse_config(embedded_default(), env, source="<embedded default>")
+        default = parse_config(embedded_default(), env, source="<embedded default>")
+        return default.model_copy(update={"digest": _digest(json.dumps(embedded_default()))})
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -113,7 +116,8 @@ def load_config(env: Mapping[str, str], path: Path | None = None) -> GatewayConf
         raise ConfigError([("", f"YAML syntax error{where}: {problem}")], source=source) from None
     if data is None:
         data = {}
-    return parse_config(data, env, source=source)
+    config = parse_config(data, env, source=source)
+    return config.model_copy(update={"digest": _digest(text)})
 
 
 def parse_config(data: object, env: Mapping[str, str], *, source: str) -> GatewayConfig:
@@ -221,6 +225,10 @@ def _check_sections(data: dict[str, Any]) -> list[tuple[str, str]]:
                 )
             )
     return problems
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _path(loc: tuple[str | int, ...]) -> str:

@@ -206,6 +206,7 @@ class GatewayConfig(BaseModel):
     # Where the config came from, and the secret values it holds (for redaction); not YAML keys.
     source: str = Field(default="<embedded default>", exclude=True)
     secrets: frozenset[str] = Field(default_factory=frozenset, exclude=True, repr=False)
+    digest: str = Field(default="", exclude=True, description="sha256 of the source text")
 
     @property
     def model_names(self) -> tuple[str, ...]:

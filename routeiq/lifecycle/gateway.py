@@ -32,6 +32,7 @@ from routeiq.lifecycle.clock import Clock, SystemClock
 from routeiq.lifecycle.events import EventKind, EventLog, JsonlSink
 from routeiq.lifecycle.hooks import HookContext, resolve_callable
 from routeiq.lifecycle.projections import LifecycleProjection, LifecycleStatus, StartupTimeline
+from routeiq.lifecycle.runtime import Runtime
 from routeiq.lifecycle.statechart import Statechart
 from routeiq.lifecycle.supervisor import Service, Supervisor
 
@@ -84,15 +85,24 @@ class Gateway:
         self._released = anyio.Event()
         self._startup_scope: anyio.CancelScope | None = None
         self._phase = "configure"
-        self.config: GatewayConfig | None = None
+        self._loaded_config: GatewayConfig | None = None
+        self.runtime: Runtime | None = None
         self.metrics: GatewayMetrics | None = None
-        self.router: Any = None
         self.tracer_provider: Any = None
         self.supervisor: Supervisor | None = None
         self._sink: JsonlSink | None = None
         self.extensions: dict[str, Any] = {}
 
     # --- projections -------------------------------------------------------------------------
+
+    @property
+    def config(self) -> GatewayConfig | None:
+        """The config being served (after a reload, the new one)."""
+        return self.runtime.config if self.runtime is not None else self._loaded_config
+
+    @property
+    def router(self) -> Any:
+        return None if self.runtime is None else self.runtime.router
 
     @property
     def state(self) -> str:
@@ -198,7 +208,7 @@ class Gateway:
         with self._component("config"):
             config = load_config(self._env, self._config_path)
             self.events.redactor.add(config.secrets)
-            self.config = config
+            self._loaded_config = config
         if config.routeiq.event_log.path is not None:
             with self._component("event_sink"):
                 sink = JsonlSink(config.routeiq.event_log.path)
@@ -254,9 +264,16 @@ class Gateway:
         with self._component("litellm"):
             litellm = import_litellm()
         with self._component("router"):
-            self.router = build_router(litellm, config)
+            router = build_router(litellm, config)
+            self.runtime = Runtime(
+                config,
+                router,
+                revision=1,
+                fast_path=passthrough_applies(config),
+                digest=config.digest,
+            )
         self._on_undo(undo, "router", self._drop_router)
-        if passthrough_applies(config):
+        if config.routeiq.passthrough:
             with self._component("http_client"):
                 passthrough = Passthrough.create(default_timeout_s=request_timeout_s(config))
                 self.extensions["passthrough"] = passthrough
@@ -320,7 +337,7 @@ class Gateway:
         )
 
     def _drop_router(self) -> None:
-        self.router = None
+        self.runtime = None
 
     def _fire(self, trigger: str, *, error: str | None = None, **attributes: str) -> None:
         to_state = self.chart.target(self.state, trigger)

@@ -5,6 +5,7 @@ Guarantees: a malformed or invalid request is a 4xx with OpenAI's error body, ne
 keys are compared in constant time and never echoed; clients cannot set provider parameters
 (``api_base``, ``api_key``, mock options…) because only OpenAI's request fields are forwarded;
 metric labels are bounded (a model name the config does not know is counted as ``other``).
+Each request uses one ``Runtime`` snapshot (config + Router) from start to end.
 """
 
 from __future__ import annotations
@@ -15,18 +16,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from routeiq.proxy.errors import ApiError, map_upstream_error
-from routeiq.proxy.passthrough import Passthrough, stream_usage
+from routeiq.proxy.passthrough import Passthrough
+from routeiq.proxy.streaming import (
+    DisconnectAwareStream,
+    aclose_quietly,
+    count_stream_usage,
+    litellm_sse,
+)
 from routeiq.routing.decisions import recording_decisions
 
 if TYPE_CHECKING:
     from routeiq.app import GatewayApp
     from routeiq.lifecycle.gateway import Gateway
+    from routeiq.lifecycle.runtime import Runtime
 
 __all__ = ["CHAT_FIELDS", "COMPLETION_FIELDS", "EMBEDDING_FIELDS", "openai_routes"]
 
@@ -47,6 +54,7 @@ COMPLETION_FIELDS = _COMMON | {
 EMBEDDING_FIELDS = frozenset({"model", "input", "user", "encoding_format", "dimensions"})
 
 Handler = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[["Gateway", "Runtime", dict[str, Any]], Awaitable[Response]]
 
 
 def openai_routes(holder: GatewayApp) -> list[Route]:
@@ -67,121 +75,40 @@ class _Api:
     def __init__(self, holder: GatewayApp) -> None:
         self._holder = holder
 
-    def endpoint(
-        self, route: str, handler: Callable[[Request, Gateway, dict[str, Any]], Awaitable[Response]]
-    ) -> Handler:
+    def endpoint(self, route: str, handler: Endpoint) -> Handler:
         async def serve(request: Request) -> Response:
             started = time.perf_counter()
             gateway = self._holder.gateway
             metrics = None if gateway is None else gateway.metrics
             if metrics is not None:
                 metrics["gateway_inflight_requests"].inc()
-            labels = {"model": "other"}
+            model_label = "other"
             response: Response
             try:
-                if gateway is None or gateway.router is None or gateway.config is None:
+                runtime = None if gateway is None else gateway.runtime
+                if gateway is None or runtime is None:
                     raise ApiError(503, "the gateway is not serving yet", code="not_ready")
-                self._authorize(request, gateway)
-                body = {} if request.method == "GET" else await self._json_body(request, gateway)
+                _authorize(request, runtime)
+                body = {} if request.method == "GET" else await _json_body(request, runtime)
                 model = body.get("model")
-                if isinstance(model, str) and model in gateway.config.model_names:
-                    labels["model"] = model
-                response = await handler(request, gateway, body)
+                if isinstance(model, str) and model in runtime.known_models:
+                    model_label = model
+                response = await handler(gateway, runtime, body)
             except ApiError as exc:
                 response = exc.response()
             if metrics is not None:
                 if isinstance(response, StreamingResponse):
-                    response = self._count_stream(
-                        response, metrics, route, labels["model"], started
-                    )
+                    _count_stream(response, metrics, route, model_label, started)
                 else:
-                    self._count(metrics, route, labels["model"], response.status_code, started)
+                    _count(metrics, route, model_label, response.status_code, started)
             return response
 
         return serve
 
-    # --- request checks --------------------------------------------------------------------
-
-    def _authorize(self, request: Request, gateway: Gateway) -> None:
-        key = gateway.config.master_key if gateway.config else None
-        if key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
-            )
-        if not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
-
-    async def _json_body(self, request: Request, gateway: Gateway) -> dict[str, Any]:
-        assert gateway.config is not None
-        limit = gateway.config.routeiq.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(
-                413, f"request body is larger than {limit} bytes", code="request_too_large"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(
-                        413, f"request body is larger than {limit} bytes", code="request_too_large"
-                    )
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise ApiError(400, "the client disconnected while sending the body") from None
-        try:
-            body = json.loads(b"".join(chunks) or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(
-                400, f"the request body is not valid JSON: {exc}", code="invalid_json"
-            ) from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
-        return body
-
-    def _call_kwargs(
-        self, gateway: Gateway, body: dict[str, Any], allowed: frozenset[str]
-    ) -> dict[str, Any]:
-        assert gateway.config is not None
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            raise ApiError(
-                400, f"unrecognized request argument supplied: {unknown[0]}", param=unknown[0]
-            )
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "'model' is required and must be a string", param="model")
-        known = set(gateway.config.model_names) | set(
-            gateway.config.router_settings.get("model_group_alias") or {}
-        )
-        if model not in known:
-            raise ApiError(
-                404, f"the model '{model}' does not exist", param="model", code="model_not_found"
-            )
-        if "stream" in body and not isinstance(body["stream"], bool):
-            raise ApiError(400, "'stream' must be a boolean", param="stream")
-        if "user" in body and not isinstance(body["user"], str):
-            raise ApiError(400, "'user' must be a string", param="user")
-        kwargs = dict(body)
-        settings = gateway.config.litellm_settings
-        if "drop_params" in settings:
-            kwargs.setdefault("drop_params", settings["drop_params"])
-        if "request_timeout" in settings:
-            kwargs.setdefault("timeout", settings["request_timeout"])
-        if "num_retries" in settings:
-            kwargs.setdefault("num_retries", settings["num_retries"])
-        return kwargs
-
     # --- endpoints ---------------------------------------------------------------------------
 
-    async def chat(self, request: Request, gateway: Gateway, body: dict[str, Any]) -> Response:
-        kwargs = self._call_kwargs(gateway, body, CHAT_FIELDS)
+    async def chat(self, gateway: Gateway, runtime: Runtime, body: dict[str, Any]) -> Response:
+        kwargs = _call_kwargs(runtime, body, CHAT_FIELDS)
         messages = kwargs.get("messages")
         if (
             not isinstance(messages, list)
@@ -197,50 +124,49 @@ class _Api:
                     400, f"messages[{index}].role is required", param=f"messages[{index}].role"
                 )
         return await self._call(
-            gateway, gateway.router.acompletion, kwargs, upstream_path="/chat/completions"
+            gateway, runtime, runtime.router.acompletion, kwargs, "/chat/completions"
         )
 
     async def completions(
-        self, request: Request, gateway: Gateway, body: dict[str, Any]
+        self, gateway: Gateway, runtime: Runtime, body: dict[str, Any]
     ) -> Response:
-        kwargs = self._call_kwargs(gateway, body, COMPLETION_FIELDS)
+        kwargs = _call_kwargs(runtime, body, COMPLETION_FIELDS)
         prompt = kwargs.get("prompt")
         if not isinstance(prompt, (str, list)) or not prompt:
             raise ApiError(400, "'prompt' must be a non-empty string or array", param="prompt")
         return await self._call(
-            gateway, gateway.router.atext_completion, kwargs, upstream_path="/completions"
+            gateway, runtime, runtime.router.atext_completion, kwargs, "/completions"
         )
 
     async def embeddings(
-        self, request: Request, gateway: Gateway, body: dict[str, Any]
+        self, gateway: Gateway, runtime: Runtime, body: dict[str, Any]
     ) -> Response:
-        kwargs = self._call_kwargs(gateway, body, EMBEDDING_FIELDS)
+        kwargs = _call_kwargs(runtime, body, EMBEDDING_FIELDS)
         value = kwargs.get("input")
         if not isinstance(value, (str, list)) or not value:
             raise ApiError(400, "'input' must be a non-empty string or array", param="input")
-        return await self._call(
-            gateway, gateway.router.aembedding, kwargs, upstream_path="/embeddings"
-        )
+        return await self._call(gateway, runtime, runtime.router.aembedding, kwargs, "/embeddings")
 
-    async def models(self, request: Request, gateway: Gateway, body: dict[str, Any]) -> Response:
-        assert gateway.config is not None
+    async def models(self, gateway: Gateway, runtime: Runtime, body: dict[str, Any]) -> Response:
         created = int(gateway.events.events[0].wall_time) if len(gateway.events) else 0
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "routeiq"}
-            for name in gateway.config.model_names
+            for name in runtime.config.model_names
         ]
         return JSONResponse({"object": "list", "data": data})
+
+    # --- the two call paths ------------------------------------------------------------------
 
     async def _call(
         self,
         gateway: Gateway,
+        runtime: Runtime,
         method: Callable[..., Awaitable[Any]],
         kwargs: dict[str, Any],
-        *,
         upstream_path: str,
     ) -> Response:
         with recording_decisions() as recorder:
-            response = await self._fast_path(gateway, kwargs, upstream_path)
+            response = await self._fast_path(gateway, runtime, kwargs, upstream_path)
             if response is None:
                 response = await self._litellm_path(gateway, method, kwargs)
         decision = recorder.last
@@ -251,14 +177,14 @@ class _Api:
         return response
 
     async def _fast_path(
-        self, gateway: Gateway, kwargs: dict[str, Any], upstream_path: str
+        self, gateway: Gateway, runtime: Runtime, kwargs: dict[str, Any], upstream_path: str
     ) -> Response | None:
         """Forward through the Router's pick, or ``None`` to use litellm's call path."""
         passthrough: Passthrough | None = gateway.extensions.get("passthrough")
-        if passthrough is None:
+        if passthrough is None or not runtime.fast_path:
             return None
         try:
-            deployment = await gateway.router.select(
+            deployment = await runtime.router.select(
                 kwargs["model"],
                 dict(kwargs),
                 messages=kwargs.get("messages"),
@@ -279,7 +205,7 @@ class _Api:
             return Response(relay.body, 200, headers=headers, media_type=relay.content_type)
         headers["cache-control"] = "no-cache"
         return DisconnectAwareStream(
-            _count_stream_usage(relay.chunks, gateway),
+            count_stream_usage(relay.chunks, lambda usage: _count_tokens(gateway, usage)),
             headers=headers,
             media_type="text/event-stream",
         )
@@ -290,13 +216,11 @@ class _Api:
         redact = gateway.events.redactor
         try:
             result = await method(**kwargs)
-        except ApiError:
-            raise
         except Exception as exc:
             raise map_upstream_error(exc, redact) from None
         if kwargs.get("stream"):
             return DisconnectAwareStream(
-                _sse(result, redact, gateway),
+                litellm_sse(result, redact, lambda usage: _count_tokens(gateway, usage)),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache"},
             )
@@ -305,71 +229,114 @@ class _Api:
             _count_tokens(gateway, usage)
         return JSONResponse(result.model_dump(mode="json", exclude_none=True))
 
-    # --- metrics ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _count(metrics: Any, route: str, model: str, status: int, started: float) -> None:
-        metrics["gateway_inflight_requests"].dec()
-        metrics["gateway_requests_total"].labels(
-            route=route, model=model, status_class=f"{status // 100}xx"
-        ).inc()
-        metrics["gateway_request_duration_seconds"].labels(route=route).observe(
-            time.perf_counter() - started
+# --- request checks ---------------------------------------------------------------------------
+
+
+def _authorize(request: Request, runtime: Runtime) -> None:
+    key = runtime.config.master_key
+    if key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
         )
-
-    def _count_stream(
-        self, response: StreamingResponse, metrics: Any, route: str, model: str, started: float
-    ) -> StreamingResponse:
-        source = response.body_iterator
-        count = self._count
-
-        async def counted() -> AsyncIterator[Any]:
-            first = True
-            try:
-                async for chunk in source:
-                    if first:
-                        first = False
-                        metrics["gateway_time_to_first_token_seconds"].observe(
-                            time.perf_counter() - started
-                        )
-                    yield chunk
-            finally:
-                count(metrics, route, model, response.status_code, started)
-                aclose = getattr(source, "aclose", None)
-                if aclose is not None:
-                    with anyio.CancelScope(shield=True):
-                        await aclose()
-
-        response.body_iterator = counted()
-        return response
+    if not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
 
 
-class DisconnectAwareStream(StreamingResponse):
-    """Streams until done or until the client disconnects, then closes the body iterator.
+async def _json_body(request: Request, runtime: Runtime) -> dict[str, Any]:
+    limit = runtime.config.routeiq.limits.max_body_bytes
+    too_large = ApiError(
+        413, f"request body is larger than {limit} bytes", code="request_too_large"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "the client disconnected while sending the body") from None
+    try:
+        body = json.loads(b"".join(chunks) or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
+    return body
 
-    Starlette stops listening for ``http.disconnect`` on newer ASGI servers and relies on
-    ``send`` failing, which hypercorn does not do: a gone client would keep the upstream
-    generating. Closing the iterator closes the upstream stream (see ``_sse``).
-    """
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        iterator = self.body_iterator
+def _call_kwargs(runtime: Runtime, body: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(
+            400, f"unrecognized request argument supplied: {unknown[0]}", param=unknown[0]
+        )
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required and must be a string", param="model")
+    if model not in runtime.known_models:
+        raise ApiError(
+            404, f"the model '{model}' does not exist", param="model", code="model_not_found"
+        )
+    for name, kind, label in (("stream", bool, "a boolean"), ("user", str, "a string")):
+        if name in body and not isinstance(body[name], kind):
+            raise ApiError(400, f"'{name}' must be {label}", param=name)
+    if "metadata" in body and not isinstance(body["metadata"], dict):
+        raise ApiError(400, "'metadata' must be an object", param="metadata")
+    kwargs = dict(body)
+    settings = runtime.config.litellm_settings
+    if "drop_params" in settings:
+        kwargs.setdefault("drop_params", settings["drop_params"])
+    if "request_timeout" in settings:
+        kwargs.setdefault("timeout", settings["request_timeout"])
+    if "num_retries" in settings:
+        kwargs.setdefault("num_retries", settings["num_retries"])
+    return kwargs
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def _count(metrics: Any, route: str, model: str, status: int, started: float) -> None:
+    metrics["gateway_inflight_requests"].dec()
+    metrics["gateway_requests_total"].labels(
+        route=route, model=model, status_class=f"{status // 100}xx"
+    ).inc()
+    metrics["gateway_request_duration_seconds"].labels(route=route).observe(
+        time.perf_counter() - started
+    )
+
+
+def _count_stream(
+    response: StreamingResponse, metrics: Any, route: str, model: str, started: float
+) -> None:
+    source = response.body_iterator
+
+    async def counted() -> AsyncIterator[Any]:
+        first = True
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def watch_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(watch_disconnect)
-                await self.stream_response(send)
-                tg.cancel_scope.cancel()
+            async for chunk in source:
+                if first:
+                    first = False
+                    metrics["gateway_time_to_first_token_seconds"].observe(
+                        time.perf_counter() - started
+                    )
+                yield chunk
         finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+            _count(metrics, route, model, response.status_code, started)
+            await aclose_quietly(source)
+
+    response.body_iterator = counted()
 
 
 def _count_tokens(gateway: Gateway, usage: Any) -> None:
@@ -385,52 +352,3 @@ def _count_tokens(gateway: Gateway, usage: Any) -> None:
         tokens.labels(type="input").inc(prompt)
     if completion:
         tokens.labels(type="output").inc(completion)
-
-
-async def _count_stream_usage(
-    chunks: AsyncIterator[bytes], gateway: Gateway
-) -> AsyncIterator[bytes]:
-    """Relays SSE bytes unchanged, counting the usage chunk's tokens (lines may span chunks)."""
-    pending = b""
-    try:
-        async for chunk in chunks:
-            yield chunk
-            pending += chunk
-            cut = pending.rfind(b"\n")
-            if cut >= 0:
-                usage = stream_usage(pending[:cut])
-                if usage is not None:
-                    _count_tokens(gateway, usage)
-                pending = pending[cut + 1 :]
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            with anyio.CancelScope(shield=True):
-                await aclose()
-
-
-async def _sse(stream: Any, redact: Callable[[str], str], gateway: Gateway) -> AsyncIterator[bytes]:
-    """OpenAI's SSE framing; closing this generator (client gone) closes the upstream stream."""
-    try:
-        async for chunk in stream:
-            usage = getattr(chunk, "usage", None)
-            if usage is not None:
-                _count_tokens(gateway, usage)
-            yield b"data: " + chunk.model_dump_json(exclude_none=True).encode() + b"\n\n"
-    except Exception as exc:
-        error = map_upstream_error(exc, redact)
-        body = {
-            "error": {
-                "message": error.message,
-                "type": "upstream_error",
-                "param": None,
-                "code": error.code,
-            }
-        }
-        yield b"data: " + json.dumps(body).encode() + b"\n\n"
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            with anyio.CancelScope(shield=True):
-                await aclose()
-    yield b"data: [DONE]\n\n"
