@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from routeiq.http.admin import admin_routes
 from routeiq.proxy.errors import openai_error_response
 from routeiq.proxy.routes import openai_routes
 
@@ -88,6 +89,7 @@ def build_http_app(holder: GatewayApp) -> Starlette:
         Route("/_lifecycle/startup", startup, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *openai_routes(holder),
+        *admin_routes(holder),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
+import anyio.lowlevel
 
 from routeiq.errors import ConfigError, LeadershipLost
 from routeiq.leadership.election import ElectionUnavailable, LeaderTerm, LeaderTimings
@@ -71,11 +71,12 @@ class LocalElection:
     async def campaign(self) -> LeaderTerm | None:
         if self._term is not None:
             return self._term
+        await anyio.lowlevel.checkpoint()
         sent = self._monotonic()
         try:
-            # Shielded: a lock taken in the thread must reach ``self._fd``, never leak.
-            with anyio.CancelScope(shield=True):
-                fd, token, holder = await anyio.to_thread.run_sync(self._try_acquire)
+            # Non-blocking flock and a few bytes of a local file: done inline, not in a worker
+            # thread (a thread would outlive the gateway by anyio's idle timeout).
+            fd, token, holder = self._try_acquire()
         except OSError as exc:
             raise ElectionUnavailable(f"lock file {self._path}: {exc}") from exc
         self._leader_id = holder
@@ -89,7 +90,8 @@ class LocalElection:
         if term != self._term or self._fd is None:
             raise LeadershipLost(f"term {term.fencing_token} is not held by this process")
         try:
-            reason = await anyio.to_thread.run_sync(self._check_held, self._fd, term)
+            reason = self._check_held(self._fd, term)
+            await anyio.lowlevel.checkpoint()
         except OSError as exc:
             raise ElectionUnavailable(f"lock file {self._path}: {exc}") from exc
         if reason is not None:
@@ -125,7 +127,8 @@ class LocalElection:
 
     async def _probe(self) -> bool:
         try:
-            free, holder = await anyio.to_thread.run_sync(self._test_lock)
+            free, holder = self._test_lock()
+            await anyio.lowlevel.checkpoint()
         except OSError as exc:
             log.warning("leadership lock file %s is unusable: %s", self._path, exc)
             return False

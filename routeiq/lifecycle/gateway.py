@@ -91,6 +91,7 @@ class Gateway:
         self.tracer_provider: Any = None
         self.supervisor: Supervisor | None = None
         self._sink: JsonlSink | None = None
+        self._litellm: Any = None
         self.extensions: dict[str, Any] = {}
 
     # --- projections -------------------------------------------------------------------------
@@ -103,6 +104,9 @@ class Gateway:
     @property
     def router(self) -> Any:
         return None if self.runtime is None else self.runtime.router
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
 
     @property
     def state(self) -> str:
@@ -263,6 +267,7 @@ class Gateway:
         config = self._config()
         with self._component("litellm"):
             litellm = import_litellm()
+            self._litellm = litellm
         with self._component("router"):
             router = build_router(litellm, config)
             self.runtime = Runtime(
@@ -273,6 +278,11 @@ class Gateway:
                 digest=config.digest,
             )
         self._on_undo(undo, "router", self._drop_router)
+        self.events.append(
+            EventKind.CONFIG,
+            trigger="loaded",
+            attributes={"revision": 1, "digest": config.digest[:12], "origin": config.source},
+        )
         if config.routeiq.passthrough:
             with self._component("http_client"):
                 passthrough = Passthrough.create(default_timeout_s=request_timeout_s(config))
@@ -293,8 +303,10 @@ class Gateway:
                         spec.restart,
                     )
                 )
-        for name, service in self.extensions.get("services", {}).items():
-            with self._component(f"service:{name}"):
+        from routeiq.lifecycle.coordination import start_coordination
+
+        for name, service in await start_coordination(self, supervisor, self._litellm, self._env):
+            with self._component(name):
                 await supervisor.start(service)
 
     async def _run_hooks(self, phase: str, undo: AsyncExitStack) -> None:

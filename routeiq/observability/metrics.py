@@ -106,6 +106,7 @@ class LifecycleMetricsProjection:
         self._phase: str = "configure"
         for state in states:
             metrics["gateway_lifecycle_state"].labels(state=state).set(0)
+        metrics["leader_election_status"].set(0)
 
     def __call__(self, event: Event) -> None:
         if self._origin is None:
@@ -118,6 +119,12 @@ class LifecycleMetricsProjection:
             ).observe(event.duration_s)
         elif event.kind == EventKind.SERVICE and event.component:
             self._service(event.component, event.trigger or "", event.attributes)
+        elif event.kind == EventKind.LEADERSHIP:
+            self._m["leader_election_status"].set(1 if event.to_state == "leader" else 0)
+            if event.trigger in ("elected", "lose", "resign"):
+                self._m["leader_election_churn_total"].inc()
+        elif event.kind == EventKind.CONFIG:
+            self._config(event)
 
     def _transition(self, event: Event) -> None:
         m = self._m
@@ -137,6 +144,13 @@ class LifecycleMetricsProjection:
         self._phase = {"configured": "observe", "observing": "patch", "patched": "serve"}.get(
             to_state, self._phase
         )
+
+    def _config(self, event: Event) -> None:
+        revision = event.attributes.get("revision")
+        if event.trigger in ("loaded", "applied") and isinstance(revision, (int, float)):
+            self._m["gateway_config_revision"].set(revision)
+        if event.trigger in ("applied", "rejected"):
+            self._m["gateway_config_reloads_total"].labels(result=event.trigger).inc()
 
     def _service(self, service: str, what: str, _attributes: Mapping[str, object]) -> None:
         m = self._m

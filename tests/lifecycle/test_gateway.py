@@ -63,7 +63,9 @@ async def test_startup_reaches_serving_in_order_and_stops(tmp_path: Path) -> Non
         assert (await client.get("/health/live")).status_code == 200
         body = (await client.get("/_lifecycle")).json()
         assert body["state"] == "serving"
-        assert body["leadership"]["state"] == "not-started"
+        assert body["leadership"]["state"] == "leader"
+        assert body["leadership"]["backend"] == "local"
+        assert body["leadership"]["fencing_token"] >= 1
         startup = (await client.get("/_lifecycle/startup")).json()
     gateway = app.gateway
     assert gateway is not None

@@ -1,0 +1,231 @@
+"""Config sync: how a changed config file (or ``POST /_admin/reload``) reaches every worker.
+
+- ``local`` backend: every worker watches the file itself and hot-swaps (``FileWatcher``).
+- ``etcd`` backend: only the leader reads and fully validates the file, then publishes it to
+  ``<prefix>/config`` in a transaction that compares its fencing token, so a deposed leader's
+  write fails; every worker polls that key and hot-swaps (``EtcdConfigSync``). A config the
+  leader rejects is published to ``<prefix>/config-rejected`` so that every worker records the
+  rejection too. ``<prefix>/reload-request`` lets any worker ask the leader to re-read now.
+
+Polling (not watching) keeps a lost etcd connection a non-event: the next poll just works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from routeiq.errors import describe
+from routeiq.leadership.election import ElectionUnavailable, LeaderTerm
+from routeiq.lifecycle.reload import Reloader, ReloadResult, digest_of
+
+__all__ = ["EtcdConfigSync", "FileWatcher", "Published"]
+
+Sleep = Callable[[float], Awaitable[object]]
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+class FileWatcher:
+    """Every worker: re-read the config file when it changes and hot-swap (local backend)."""
+
+    def __init__(
+        self, reloader: Reloader, path: Path, *, poll_s: float, sleep: Sleep = anyio.sleep
+    ) -> None:
+        self._reloader = reloader
+        self._path = path
+        self._poll_s = poll_s
+        self._sleep = sleep
+        self._seen: str | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        text = _read(self._path)
+        self._seen = None if text is None else digest_of(text)
+        task_status.started()
+        while True:
+            await self._sleep(self._poll_s)
+            await self.check(force=False)
+
+    async def check(self, *, force: bool) -> ReloadResult | None:
+        text = _read(self._path)
+        if text is None:
+            return None
+        digest = digest_of(text)
+        if digest == self._seen and not force:
+            return None
+        self._seen = digest
+        return await self._reloader.apply(text, revision=None, origin="file")
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    revision: int
+    digest: str
+    text: str
+
+
+class EtcdConfigSync:
+    """Publishes (as leader) and follows (every worker) the config through etcd."""
+
+    def __init__(
+        self,
+        reloader: Reloader,
+        path: Path | None,
+        *,
+        prefix: str,
+        host: str,
+        port: int,
+        fenced_put: Callable[[str, str, LeaderTerm], Awaitable[None]],
+        poll_s: float,
+        request_timeout_s: float,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        self._reloader = reloader
+        self._path = path
+        self._prefix = prefix
+        self._host, self._port = host, port
+        self._fenced_put = fenced_put
+        self._poll_s = poll_s
+        self._timeout = request_timeout_s
+        self._sleep = sleep
+        self._client: Any = None
+        self._rejections_seen: set[str] = set()
+        self._last_followed = 0
+        self._last_request: int | None = None
+        self._publish_now = anyio.Event()
+
+    @property
+    def config_key(self) -> str:
+        return f"{self._prefix}/config"
+
+    # --- every worker -----------------------------------------------------------------------
+
+    async def follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        import aetcd
+
+        async with aetcd.Client(host=self._host, port=self._port, timeout=self._timeout) as client:
+            self._client = client
+            task_status.started()
+            try:
+                while True:
+                    await self._follow_once()
+                    await self._sleep(self._poll_s)
+            finally:
+                self._client = None
+
+    async def _follow_once(self) -> None:
+        try:
+            published = await self.read()
+            rejected = await self._get(f"{self._prefix}/config-rejected")
+        except ElectionUnavailable:
+            return  # etcd unreachable: keep serving what we have, try again next poll
+        if published is not None and published.revision > self._last_followed:
+            self._last_followed = published.revision
+            await self._reloader.apply(published.text, revision=published.revision, origin="etcd")
+        if rejected is not None:
+            record = json.loads(rejected)
+            if record["digest"] not in self._rejections_seen:
+                self._rejections_seen.add(record["digest"])
+                self._reloader.record_rejected(record["digest"], record["error"], origin="etcd")
+
+    async def read(self) -> Published | None:
+        raw = await self._get(self.config_key)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return Published(int(data["revision"]), str(data["digest"]), str(data["text"]))
+
+    async def request_reload(self) -> None:
+        """Ask the leader (whoever it is) to re-read its config file now."""
+        await self._call(
+            self._connected().put(
+                f"{self._prefix}/reload-request".encode(), uuid.uuid4().hex.encode()
+            )
+        )
+
+    # --- the leader -------------------------------------------------------------------------
+
+    async def publish_as_leader(self, term: LeaderTerm) -> None:
+        """Leader work: publish the file whenever it changes (or a reload is requested)."""
+        while True:
+            # etcd unreachable: the elector decides about leadership; this just retries.
+            with contextlib.suppress(ElectionUnavailable):
+                await self.publish_once(term, force=False)
+            with anyio.move_on_after(self._poll_s):
+                await self._publish_now.wait()
+            self._publish_now = anyio.Event()
+
+    async def publish_once(self, term: LeaderTerm, *, force: bool) -> ReloadResult | None:
+        if self._path is None:
+            return None
+        text = _read(self._path)
+        if text is None:
+            return None
+        digest = digest_of(text)
+        requested = await self._reload_requested()
+        published = await self.read()
+        if published is not None and published.digest == digest and not (force or requested):
+            return None
+        revision = 1 if published is None else published.revision + 1
+        if published is not None and published.digest == digest:
+            return ReloadResult("unchanged", published.revision, digest)
+        try:
+            self._reloader.validate(text, str(self._path))
+        except Exception as exc:
+            error = describe(exc)
+            if digest not in self._rejections_seen:
+                record = json.dumps({"digest": digest, "error": error})
+                await self._fenced_put(f"{self._prefix}/config-rejected", record, term)
+            return ReloadResult("rejected", revision - 1, digest, error)
+        body = json.dumps({"revision": revision, "digest": digest, "text": text})
+        await self._fenced_put(self.config_key, body, term)  # LeadershipLost if deposed: the
+        # elector then steps down and cancels this work.
+        return ReloadResult("published", revision, digest)
+
+    def publish_soon(self) -> None:
+        self._publish_now.set()
+
+    async def _reload_requested(self) -> bool:
+        raw = await self._get_revision(f"{self._prefix}/reload-request")
+        if raw is None or raw == self._last_request:
+            return False
+        first = self._last_request is None
+        self._last_request = raw
+        return not first
+
+    # --- etcd access -----------------------------------------------------------------------
+
+    def _connected(self) -> Any:
+        if self._client is None:
+            raise ElectionUnavailable("the config follower is not connected to etcd")
+        return self._client
+
+    async def _get(self, key: str) -> str | None:
+        got = await self._call(self._connected().get(key.encode()))
+        return None if got is None else bytes(got.value).decode()
+
+    async def _get_revision(self, key: str) -> int | None:
+        got = await self._call(self._connected().get(key.encode()))
+        return None if got is None else int(got.mod_revision)
+
+    async def _call(self, request: Awaitable[Any]) -> Any:
+        import aetcd.exceptions
+
+        try:
+            with anyio.fail_after(self._timeout):
+                return await request
+        except (TimeoutError, aetcd.exceptions.ClientError) as exc:
+            raise ElectionUnavailable(f"etcd: {exc}") from exc

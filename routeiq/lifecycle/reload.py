@@ -1,0 +1,160 @@
+"""Hot reload: build a new config and Router beside the running ones, then swap them at once.
+
+``Reloader.apply`` validates the new text fully (the same loader as startup, then a Router built
+from it), and only then replaces ``gateway.runtime`` in one assignment: requests in flight keep
+the Runtime they started with. A config that fails anywhere is rejected: the old one keeps
+serving, a ``config`` event and ``gateway_config_reloads_total{result="rejected"}`` record it,
+and the revision does not move. Settings that only a restart can apply (leadership, event log,
+drain, supervisor, hooks, services, metrics) make a reload rejected, not half-applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from routeiq.config.loader import parse_config
+from routeiq.config.model import GatewayConfig
+from routeiq.errors import ConfigError, describe
+from routeiq.lifecycle.events import EventKind
+from routeiq.lifecycle.runtime import Runtime
+
+if TYPE_CHECKING:
+    from routeiq.lifecycle.gateway import Gateway
+
+__all__ = ["RELOADABLE_ROUTEIQ_FIELDS", "ReloadResult", "Reloader", "digest_of"]
+
+# Parts of the `routeiq:` section a reload may change; any other change needs a restart.
+RELOADABLE_ROUTEIQ_FIELDS = frozenset(
+    {"master_key", "admin_key", "routing", "limits", "passthrough"}
+)
+
+
+def digest_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    result: str  # "applied", "rejected" or "unchanged"
+    revision: int
+    digest: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "result": self.result,
+            "revision": self.revision,
+            "digest": self.digest[:12],
+            "error": self.error,
+        }
+
+
+class Reloader:
+    def __init__(self, gateway: Gateway, litellm: ModuleType, env: dict[str, str]) -> None:
+        self._gateway = gateway
+        self._litellm = litellm
+        self._env = env
+
+    def source_path(self) -> Path | None:
+        runtime = self._gateway.runtime
+        if runtime is None or runtime.config.source.startswith("<"):
+            return None
+        return Path(runtime.config.source)
+
+    def parse(self, text: str, source: str) -> GatewayConfig:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                [("", f"YAML syntax error: {getattr(exc, 'problem', exc)}")], source=source
+            ) from None
+        config = parse_config(data if data is not None else {}, self._env, source=source)
+        return config.model_copy(update={"digest": digest_of(text)})
+
+    def validate(self, text: str, source: str) -> GatewayConfig:
+        """The config in ``text`` if the running gateway could switch to it, else ConfigError."""
+        from routeiq.routing.litellm_setup import build_router
+
+        config = self.parse(text, source)
+        self._check_reloadable(config)
+        build_router(self._litellm, config)  # rejects router_settings litellm refuses
+        return config
+
+    async def apply(self, text: str, *, revision: int | None, origin: str) -> ReloadResult:
+        """Switch to ``text`` (at ``revision``, default current + 1); never raises ConfigError."""
+        from routeiq.proxy.passthrough import passthrough_applies
+        from routeiq.routing.litellm_setup import build_router
+
+        gateway = self._gateway
+        current = gateway.runtime
+        if current is None:
+            raise RuntimeError("reload before the gateway built its first Runtime")
+        digest = digest_of(text)
+        new_revision = current.revision + 1 if revision is None else revision
+        if digest == current.digest:
+            if revision is not None and revision > current.revision:
+                # The same config, published under a newer revision: adopt the number.
+                gateway.runtime = Runtime(
+                    current.config, current.router, revision, current.fast_path, current.digest
+                )
+            return ReloadResult(
+                "unchanged", gateway.runtime.revision if gateway.runtime else 0, digest
+            )
+        try:
+            config = self.parse(text, current.config.source)
+            self._check_reloadable(config)
+            router = build_router(self._litellm, config)
+        except Exception as exc:  # any failure: the old config keeps serving
+            error = describe(exc)
+            self.record_rejected(digest, error, origin=origin)
+            return ReloadResult("rejected", current.revision, digest, error)
+        gateway.events.redactor.add(config.secrets)
+        gateway.runtime = Runtime(config, router, new_revision, passthrough_applies(config), digest)
+        gateway.events.append(
+            EventKind.CONFIG,
+            trigger="applied",
+            attributes={
+                "revision": new_revision,
+                "digest": digest[:12],
+                "origin": origin,
+                "models": ",".join(config.model_names),
+            },
+        )
+        return ReloadResult("applied", new_revision, digest)
+
+    def record_rejected(self, digest: str, error: str, *, origin: str) -> None:
+        current = self._gateway.runtime
+        self._gateway.events.append(
+            EventKind.CONFIG,
+            trigger="rejected",
+            ok=False,
+            error=error,
+            attributes={
+                "revision": None if current is None else current.revision,
+                "digest": digest[:12],
+                "origin": origin,
+            },
+        )
+
+    def _check_reloadable(self, config: GatewayConfig) -> None:
+        running = self._gateway.runtime
+        if running is None:
+            return
+        fixed = set(type(config.routeiq).model_fields) - RELOADABLE_ROUTEIQ_FIELDS
+        old = running.config.routeiq.model_dump(include=fixed)
+        new = config.routeiq.model_dump(include=fixed)
+        changed = sorted(name for name in fixed if old.get(name) != new.get(name))
+        if changed:
+            raise ConfigError(
+                [
+                    (f"routeiq.{name}", "cannot change while running: restart the gateway")
+                    for name in changed
+                ],
+                source=config.source,
+            )
