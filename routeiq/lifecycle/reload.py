@@ -99,9 +99,15 @@ class Reloader:
         new_revision = current.revision + 1 if revision is None else revision
         if digest == current.digest:
             if revision is not None and revision > current.revision:
-                # The same config, published under a newer revision: adopt the number.
+                # The same config, published under a newer revision: adopt the number, as an
+                # event (the revision gauge and the log must say what this worker serves).
                 gateway.runtime = Runtime(
                     current.config, current.router, revision, current.fast_path, current.digest
+                )
+                gateway.events.append(
+                    EventKind.CONFIG,
+                    trigger="loaded",
+                    attributes={"revision": revision, "digest": digest[:12], "origin": origin},
                 )
             return ReloadResult(
                 "unchanged", gateway.runtime.revision if gateway.runtime else 0, digest

@@ -69,7 +69,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "gateway_last_startup_duration_seconds",
         "gauge",
         "Duration of this worker's most recent successful startup.",
-        gauge_mode="max",
+        gauge_mode="livemax",
     ),
     MetricSpec(
         "gateway_component_init_duration_seconds",

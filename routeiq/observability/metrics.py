@@ -23,7 +23,12 @@ from routeiq.observability.catalog import METRICS, MetricSpec
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["GatewayMetrics", "LifecycleMetricsProjection", "prepare_multiprocess_dir"]
+__all__ = [
+    "GatewayMetrics",
+    "LifecycleMetricsProjection",
+    "prepare_multiprocess_dir",
+    "render_process_group",
+]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -38,13 +43,27 @@ def prepare_multiprocess_dir(directory: Path) -> int:
 
     directory.mkdir(parents=True, exist_ok=True)
     dead: set[int] = set()
-    for path in directory.glob("*.db"):
+    for path in directory.glob("gauge_live*.db"):
         pid_text = path.stem.rsplit("_", 1)[-1]
         if pid_text.isdigit() and not _alive(int(pid_text)):
             dead.add(int(pid_text))
     for pid in dead:
         multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
     return len(dead)
+
+
+def _write_values_to(directory: Path) -> None:
+    """Make prometheus_client keep values in files in ``directory`` (multiprocess mode).
+
+    prometheus_client picks in-memory or file-backed values from ``PROMETHEUS_MULTIPROC_DIR``
+    when first imported; a directory given through RouteIQ's config must take effect even if it
+    was imported before. This is process-wide, as multiprocess mode itself is.
+    """
+    os.environ[MULTIPROC_ENV] = str(directory)
+    from prometheus_client import values
+
+    if getattr(values.ValueClass, "__name__", "") != "MmapedValue":
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 def _alive(pid: int) -> bool:
@@ -61,6 +80,8 @@ class GatewayMetrics:
     """Every collector of the catalog, registered in this instance's own registry."""
 
     def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
+        if multiprocess_dir is not None:
+            _write_values_to(multiprocess_dir)
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.multiprocess_dir = multiprocess_dir
@@ -86,14 +107,21 @@ class GatewayMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of this worker, or of the process group in multiprocess mode."""
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.multiprocess import MultiProcessCollector
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         if self.multiprocess_dir is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
-        group = CollectorRegistry()
-        MultiProcessCollector(group, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
-        return generate_latest(group), CONTENT_TYPE_LATEST
+        return render_process_group(self.multiprocess_dir)
+
+
+def render_process_group(directory: Path) -> tuple[bytes, str]:
+    """The exposition text aggregated from every worker's files in ``directory``."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    group = CollectorRegistry()
+    MultiProcessCollector(group, path=str(directory))  # type: ignore[no-untyped-call]
+    return generate_latest(group), CONTENT_TYPE_LATEST
 
 
 class LifecycleMetricsProjection:

@@ -8,7 +8,6 @@ messages are scrubbed of the configured secrets before they are sent.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
 
@@ -29,12 +28,14 @@ _TYPES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
 class ApiError(Exception):
-    status: int
-    message: str
-    param: str | None = None
-    code: str | None = None
+    """A request's failure as the client sees it (a plain exception: tracebacks attach to it)."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self) -> JSONResponse:
         return openai_error_response(self.status, self.message, param=self.param, code=self.code)

@@ -20,6 +20,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from routeiq.observability.tracing import (
+    OPERATION_OF_ROUTE,
+    RequestSpan,
+    current_request_span,
+    request_span,
+)
 from routeiq.proxy.errors import ApiError, map_upstream_error
 from routeiq.proxy.passthrough import Passthrough
 from routeiq.proxy.streaming import (
@@ -76,30 +82,39 @@ class _Api:
         self._holder = holder
 
     def endpoint(self, route: str, handler: Endpoint) -> Handler:
+        operation = OPERATION_OF_ROUTE.get(route)
+
         async def serve(request: Request) -> Response:
             started = time.perf_counter()
             gateway = self._holder.gateway
             metrics = None if gateway is None else gateway.metrics
-            if metrics is not None:
-                metrics["gateway_inflight_requests"].inc()
-            model_label = "other"
-            response: Response
-            try:
-                runtime = None if gateway is None else gateway.runtime
-                if gateway is None or runtime is None:
-                    raise ApiError(503, "the gateway is not serving yet", code="not_ready")
-                _authorize(request, runtime)
-                body = {} if request.method == "GET" else await _json_body(request, runtime)
-                model = body.get("model")
-                if isinstance(model, str) and model in runtime.known_models:
-                    model_label = model
-                response = await handler(gateway, runtime, body)
-            except ApiError as exc:
-                response = exc.response()
-            if metrics is not None:
-                if isinstance(response, StreamingResponse):
-                    _count_stream(response, metrics, route, model_label, started)
+            provider = None if gateway is None or operation is None else gateway.tracer_provider
+            with request_span(provider, operation=operation or "", headers=request.headers) as span:
+                if metrics is not None:
+                    metrics["gateway_inflight_requests"].inc()
+                model_label = "other"
+                response: Response
+                try:
+                    runtime = None if gateway is None else gateway.runtime
+                    if gateway is None or runtime is None:
+                        raise ApiError(503, "the gateway is not serving yet", code="not_ready")
+                    _authorize(request, runtime)
+                    body = {} if request.method == "GET" else await _json_body(request, runtime)
+                    model = body.get("model")
+                    if isinstance(model, str):
+                        span.set_request_model(model)
+                        if model in runtime.known_models:
+                            model_label = model
+                    response = await handler(gateway, runtime, body)
+                except ApiError as exc:
+                    span.set_status_code(exc.status, exc.message)
+                    response = exc.response()
                 else:
+                    span.set_status_code(response.status_code)
+                if isinstance(response, StreamingResponse):
+                    span.end_later()
+                    _count_stream(response, metrics, route, model_label, started, span)
+                elif metrics is not None:
                     _count(metrics, route, model_label, response.status_code, started)
             return response
 
@@ -174,6 +189,24 @@ class _Api:
             response.headers["x-routeiq-deployment"] = decision.deployment_id
             response.headers["x-routeiq-strategy"] = decision.strategy
             response.headers["x-routeiq-arm"] = decision.arm
+            current_request_span().set_routing(
+                strategy=decision.strategy, arm=decision.arm, deployment=decision.deployment_id
+            )
+            strategy, arm = decision.strategy, decision.arm
+        else:
+            strategy, arm = (
+                runtime.config.router_settings.get("routing_strategy") or "simple-shuffle",
+                "none",
+            )
+            deployment = response.headers.get("x-routeiq-deployment")
+            if deployment:
+                current_request_span().set_routing(
+                    strategy=strategy, arm=arm, deployment=deployment
+                )
+        if gateway.metrics is not None and response.status_code < 400:
+            gateway.metrics["gateway_routing_decisions_total"].labels(
+                strategy=strategy, arm=arm
+            ).inc()
         return response
 
     async def _fast_path(
@@ -195,17 +228,20 @@ class _Api:
         target = Passthrough.target(deployment) if isinstance(deployment, Mapping) else None
         if target is None:
             return None
+        span = current_request_span()
+        span.set_provider(str(deployment["litellm_params"]["model"]))
         relay = await passthrough.forward(target, upstream_path, kwargs)
         if relay is None:
             return None
         headers = {"x-routeiq-deployment": target.deployment_id}
+        span.set_response_model(target.model)
         if relay.chunks is None:
             if relay.usage is not None:
-                _count_tokens(gateway, relay.usage)
+                _count_tokens(gateway, relay.usage, span)
             return Response(relay.body, 200, headers=headers, media_type=relay.content_type)
         headers["cache-control"] = "no-cache"
         return DisconnectAwareStream(
-            count_stream_usage(relay.chunks, lambda usage: _count_tokens(gateway, usage)),
+            count_stream_usage(relay.chunks, lambda usage: _count_tokens(gateway, usage, span)),
             headers=headers,
             media_type="text/event-stream",
         )
@@ -214,19 +250,25 @@ class _Api:
         self, gateway: Gateway, method: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]
     ) -> Response:
         redact = gateway.events.redactor
+        span = current_request_span()
         try:
             result = await method(**kwargs)
         except Exception as exc:
             raise map_upstream_error(exc, redact) from None
+        hidden = getattr(result, "_hidden_params", None) or {}
+        provider = hidden.get("custom_llm_provider") if isinstance(hidden, Mapping) else None
+        if isinstance(provider, str):
+            span.set_provider(provider)
         if kwargs.get("stream"):
             return DisconnectAwareStream(
-                litellm_sse(result, redact, lambda usage: _count_tokens(gateway, usage)),
+                litellm_sse(result, redact, lambda usage: _count_tokens(gateway, usage, span)),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache"},
             )
+        span.set_response_model(getattr(result, "model", None))
         usage = getattr(result, "usage", None)
         if usage is not None:
-            _count_tokens(gateway, usage)
+            _count_tokens(gateway, usage, span)
         return JSONResponse(result.model_dump(mode="json", exclude_none=True))
 
 
@@ -318,7 +360,12 @@ def _count(metrics: Any, route: str, model: str, status: int, started: float) ->
 
 
 def _count_stream(
-    response: StreamingResponse, metrics: Any, route: str, model: str, started: float
+    response: StreamingResponse,
+    metrics: Any,
+    route: str,
+    model: str,
+    started: float,
+    span: RequestSpan,
 ) -> None:
     source = response.body_iterator
 
@@ -326,20 +373,24 @@ def _count_stream(
         first = True
         try:
             async for chunk in source:
-                if first:
+                if first and metrics is not None:
                     first = False
                     metrics["gateway_time_to_first_token_seconds"].observe(
                         time.perf_counter() - started
                     )
                 yield chunk
         finally:
-            _count(metrics, route, model, response.status_code, started)
+            if metrics is not None:
+                _count(metrics, route, model, response.status_code, started)
+            span.end()
             await aclose_quietly(source)
 
     response.body_iterator = counted()
 
 
-def _count_tokens(gateway: Gateway, usage: Any) -> None:
+def _count_tokens(gateway: Gateway, usage: Any, span: RequestSpan | None = None) -> None:
+    if span is not None:
+        span.set_usage(usage)
     if gateway.metrics is None:
         return
     tokens = gateway.metrics["gateway_tokens_total"]

@@ -1,0 +1,3 @@
+from tests.support.procs import start_gateway
+
+__all__ = ["start_gateway"]
