@@ -254,11 +254,18 @@ class Gateway:
             stop_logging = self.events.subscribe(EventLogger(), replay=True)
         self._on_undo(undo, "logging", lambda: (stop_logging(), remove_handler()))
         with self._component("tracing"):
+            from routeiq.observability.startup_trace import StartupTraceProjection
             from routeiq.observability.tracing import build_tracer_provider
 
-            provider = build_tracer_provider(config, self.worker_id)
+            provider = build_tracer_provider(config, self.worker_id, env=self._env)
             self.tracer_provider = provider
-        self._on_undo(undo, "tracing", provider.shutdown)
+            stop_trace = self.events.subscribe(StartupTraceProjection(provider), replay=True)
+
+        def close_tracing() -> None:
+            stop_trace()
+            provider.shutdown()
+
+        self._on_undo(undo, "tracing", close_tracing)
 
     async def _phase_patch(self, undo: AsyncExitStack) -> None:
         from routeiq.proxy.passthrough import Passthrough, passthrough_applies, request_timeout_s
