@@ -255,21 +255,25 @@ class _Api:
             result = await method(**kwargs)
         except Exception as exc:
             raise map_upstream_error(exc, redact) from None
-        hidden = getattr(result, "_hidden_params", None) or {}
-        provider = hidden.get("custom_llm_provider") if isinstance(hidden, Mapping) else None
-        if isinstance(provider, str):
-            span.set_provider(provider)
+        hidden = getattr(result, "_hidden_params", None)
+        hidden = hidden if isinstance(hidden, Mapping) else {}
+        if isinstance(hidden.get("custom_llm_provider"), str):
+            span.set_provider(hidden["custom_llm_provider"])
+        # litellm reports the deployment it called as the hidden "model_id".
+        headers = (
+            {"x-routeiq-deployment": str(hidden["model_id"])} if hidden.get("model_id") else {}
+        )
         if kwargs.get("stream"):
             return DisconnectAwareStream(
                 litellm_sse(result, redact, lambda usage: _count_tokens(gateway, usage, span)),
                 media_type="text/event-stream",
-                headers={"cache-control": "no-cache"},
+                headers={"cache-control": "no-cache", **headers},
             )
         span.set_response_model(getattr(result, "model", None))
         usage = getattr(result, "usage", None)
         if usage is not None:
             _count_tokens(gateway, usage, span)
-        return JSONResponse(result.model_dump(mode="json", exclude_none=True))
+        return JSONResponse(result.model_dump(mode="json", exclude_none=True), headers=headers)
 
 
 # --- request checks ---------------------------------------------------------------------------
