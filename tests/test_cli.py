@@ -14,9 +14,10 @@ import yaml
 
 from routeiq.cli import main
 from routeiq.lifecycle.clock import ManualClock
-from routeiq.lifecycle.events import EventKind, EventLog, JsonlSink
+from routeiq.lifecycle.events import EventLog, JsonlSink
 from routeiq.lifecycle.projections import LifecycleProjection, StartupTimeline
-from routeiq.lifecycle.statechart import Statechart, StateMachine
+from routeiq.lifecycle.statechart import Statechart
+from tests.support.eventlog import ScriptedRun
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {
@@ -142,41 +143,19 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 # --- events replay ---
 
 
-class Recording:
+class Recording(ScriptedRun):
     """A real ``EventLog`` + ``JsonlSink`` fed by the gateway chart's own ``StateMachine``."""
 
     def __init__(self, path: Path, *, worker_id: str = "w1", pid: int = 111) -> None:
         self.chart = Statechart.load("gateway")
-        self.clock = ManualClock()
-        self.log = EventLog(self.clock, worker_id=worker_id, pid=pid)
-        self.machine = StateMachine(self.chart)
+        clock = ManualClock()
+        log = EventLog(clock, worker_id=worker_id, pid=pid)
         self.state, self.timeline = LifecycleProjection(self.chart), StartupTimeline()
-        self.log.subscribe(self.state)
-        self.log.subscribe(self.timeline)
+        log.subscribe(self.state)
+        log.subscribe(self.timeline)
         self.sink = JsonlSink(path)
-        self.log.subscribe(self.sink)
-        self.log.append(EventKind.CREATED, to_state=self.machine.state)
-
-    def component(self, name: str, seconds: float, *, error: str | None = None) -> None:
-        self.clock.advance(seconds)
-        self.log.append(
-            EventKind.COMPONENT, component=name, duration_s=seconds, ok=error is None, error=error
-        )
-
-    def fire(
-        self, trigger: str, *, after: float = 0.0, error: str | None = None, **attributes: str
-    ) -> None:
-        self.clock.advance(after)
-        before, to_state = self.machine.fire(trigger)
-        self.log.append(
-            EventKind.TRANSITION,
-            trigger=trigger,
-            from_state=before,
-            to_state=to_state,
-            ok=error is None,
-            error=error,
-            attributes=attributes,
-        )
+        log.subscribe(self.sink)
+        super().__init__(self.chart, log, clock)
 
     def close(self) -> None:
         self.sink.close()

@@ -15,7 +15,8 @@ from routeiq.errors import InvalidTransition
 from routeiq.lifecycle.clock import ManualClock
 from routeiq.lifecycle.events import Event, EventKind, EventLog, JsonlSink, Redactor, read_jsonl
 from routeiq.lifecycle.projections import LifecycleProjection, StartupTimeline, replay, split_runs
-from routeiq.lifecycle.statechart import Statechart, StateMachine
+from routeiq.lifecycle.statechart import Statechart
+from tests.support.eventlog import ScriptedRun
 
 
 @pytest.fixture(scope="module")
@@ -23,34 +24,7 @@ def chart() -> Statechart:
     return Statechart.load("gateway")
 
 
-class Run:
-    """Drives one gateway-like run: components finish, then the phase's trigger fires."""
-
-    def __init__(self, chart: Statechart, log: EventLog, clock: ManualClock) -> None:
-        self.machine = StateMachine(chart)
-        self.log, self.clock = log, clock
-        log.append(EventKind.CREATED, to_state=self.machine.state)
-
-    def component(self, name: str, seconds: float, *, error: str | None = None) -> None:
-        self.clock.advance(seconds)
-        self.log.append(
-            EventKind.COMPONENT, component=name, duration_s=seconds, ok=error is None, error=error
-        )
-
-    def fire(
-        self, trigger: str, *, after: float = 0.0, error: str | None = None, **attributes: str
-    ) -> None:
-        self.clock.advance(after)
-        before, after_state = self.machine.fire(trigger)
-        self.log.append(
-            EventKind.TRANSITION,
-            trigger=trigger,
-            from_state=before,
-            to_state=after_state,
-            ok=error is None,
-            error=error,
-            attributes=attributes,
-        )
+Run = ScriptedRun
 
 
 def happy(run: Run) -> None:
