@@ -5,7 +5,10 @@
   ``<prefix>/config`` in a transaction that compares its fencing token, so a deposed leader's
   write fails; every worker polls that key and hot-swaps (``EtcdConfigSync``). A config the
   leader rejects is published to ``<prefix>/config-rejected`` so that every worker records the
-  rejection too. ``<prefix>/reload-request`` lets any worker ask the leader to re-read now.
+  rejection too: each put is one rejection, recorded once by each worker that was following
+  then (rejections from before a worker started are not its own). Bad text is rejected once
+  per attempt: again after another config was published, or when a reload is requested.
+  ``<prefix>/reload-request`` lets any worker ask the leader to re-read now.
 
 Polling (not watching) keeps a lost etcd connection a non-event: the next poll just works.
 """
@@ -102,7 +105,7 @@ class EtcdConfigSync:
         self._timeout = request_timeout_s
         self._sleep = sleep
         self._client: Any = None
-        self._rejections_seen: set[str] = set()
+        self._rejection_seen: int | None = None  # mod revision of the rejection key, once read
         self._last_followed = 0
         self._last_request: int | None = None
         self._publish_now = anyio.Event()
@@ -110,6 +113,10 @@ class EtcdConfigSync:
     @property
     def config_key(self) -> str:
         return f"{self._prefix}/config"
+
+    @property
+    def rejected_key(self) -> str:
+        return f"{self._prefix}/config-rejected"
 
     # --- every worker -----------------------------------------------------------------------
 
@@ -129,24 +136,27 @@ class EtcdConfigSync:
     async def _follow_once(self) -> None:
         try:
             published = await self.read()
-            rejected = await self._get(f"{self._prefix}/config-rejected")
+            rejected = await self._get_kv(self.rejected_key)
         except ElectionUnavailable:
             return  # etcd unreachable: keep serving what we have, try again next poll
         if published is not None and published.revision > self._last_followed:
             self._last_followed = published.revision
             await self._reloader.apply(published.text, revision=published.revision, origin="etcd")
-        if rejected is not None:
-            record = json.loads(rejected)
-            if record["digest"] not in self._rejections_seen:
-                self._rejections_seen.add(record["digest"])
-                self._reloader.record_rejected(record["digest"], record["error"], origin="etcd")
+        seen, self._rejection_seen = self._rejection_seen, 0 if rejected is None else rejected[1]
+        if rejected is not None and seen is not None and rejected[1] != seen:
+            record = json.loads(rejected[0])
+            self._reloader.record_rejected(record["digest"], record["error"], origin="etcd")
 
     async def read(self) -> Published | None:
-        raw = await self._get(self.config_key)
-        if raw is None:
+        found = await self._read_with_revision()
+        return None if found is None else found[0]
+
+    async def _read_with_revision(self) -> tuple[Published, int] | None:
+        found = await self._get_kv(self.config_key)
+        if found is None:
             return None
-        data = json.loads(raw)
-        return Published(int(data["revision"]), str(data["digest"]), str(data["text"]))
+        data = json.loads(found[0])
+        return Published(int(data["revision"]), str(data["digest"]), str(data["text"])), found[1]
 
     async def request_reload(self) -> None:
         """Ask the leader (whoever it is) to re-read its config file now."""
@@ -176,19 +186,23 @@ class EtcdConfigSync:
             return None
         digest = digest_of(text)
         requested = await self._reload_requested()
-        published = await self.read()
+        found = await self._read_with_revision()
+        published, published_at = (None, 0) if found is None else found
         if published is not None and published.digest == digest and not (force or requested):
             return None
         revision = 1 if published is None else published.revision + 1
         if published is not None and published.digest == digest:
             return ReloadResult("unchanged", published.revision, digest)
+        if not (force or requested):
+            already = await self._rejected_since(digest, published_at)
+            if already is not None:
+                return ReloadResult("rejected", revision - 1, digest, already)
         try:
             self._reloader.validate(text, str(self._path))
         except Exception as exc:
             error = describe(exc)
-            if digest not in self._rejections_seen:
-                record = json.dumps({"digest": digest, "error": error})
-                await self._fenced_put(f"{self._prefix}/config-rejected", record, term)
+            record = json.dumps({"digest": digest, "error": error})
+            await self._fenced_put(self.rejected_key, record, term)
             return ReloadResult("rejected", revision - 1, digest, error)
         body = json.dumps({"revision": revision, "digest": digest, "text": text})
         await self._fenced_put(self.config_key, body, term)  # LeadershipLost if deposed: the
@@ -199,12 +213,21 @@ class EtcdConfigSync:
         self._publish_now.set()
 
     async def _reload_requested(self) -> bool:
-        raw = await self._get_revision(f"{self._prefix}/reload-request")
+        found = await self._get_kv(f"{self._prefix}/reload-request")
+        raw = None if found is None else found[1]
         if raw is None or raw == self._last_request:
             return False
         first = self._last_request is None
         self._last_request = raw
         return not first
+
+    async def _rejected_since(self, digest: str, published_at: int) -> str | None:
+        """The error ``digest`` was rejected with after the current publication, if it was."""
+        found = await self._get_kv(self.rejected_key)
+        if found is None or found[1] < published_at:
+            return None
+        record = json.loads(found[0])
+        return str(record["error"]) if record["digest"] == digest else None
 
     # --- etcd access -----------------------------------------------------------------------
 
@@ -213,13 +236,10 @@ class EtcdConfigSync:
             raise ElectionUnavailable("the config follower is not connected to etcd")
         return self._client
 
-    async def _get(self, key: str) -> str | None:
+    async def _get_kv(self, key: str) -> tuple[str, int] | None:
+        """``(value, mod_revision)`` of ``key``, or ``None`` if it does not exist."""
         got = await self._call(self._connected().get(key.encode()))
-        return None if got is None else bytes(got.value).decode()
-
-    async def _get_revision(self, key: str) -> int | None:
-        got = await self._call(self._connected().get(key.encode()))
-        return None if got is None else int(got.mod_revision)
+        return None if got is None else (bytes(got.value).decode(), int(got.mod_revision))
 
     async def _call(self, request: Awaitable[Any]) -> Any:
         import aetcd.exceptions
