@@ -147,11 +147,19 @@ class LeadershipService:
             "leader_id": stats.leader_id,
             "fencing_token": stats.fencing_token,
             "churn": stats.churn,
-            "since_renew_s": None
-            if last_renew is None
-            else round(self._monotonic() - last_renew, 3),
+            "since_renew_s": (
+                round(self._monotonic() - last_renew, 3)
+                if last_renew is not None and stats.state == "leader"
+                else None
+            ),
             "healthy": elector.healthy(),
         }
+
+    async def resign(self) -> None:
+        """Give up leadership now (on drain), so a follower takes over without waiting."""
+        elector = self.elector
+        if elector is not None:
+            await elector.resign()
 
     def healthy(self) -> bool:
         elector = self.elector

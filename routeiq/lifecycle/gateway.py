@@ -163,6 +163,8 @@ class Gateway:
                     await self._drain_requested.wait()
                     if self.state == "serving":
                         self._fire("drain")
+                    supervisor.stop_restarting()
+                    await self._resign_leadership()
                 # Leaving the supervisor's block cancels the background services now, while
                 # in-flight requests keep running on what the phases built.
             self._teardown_event("supervisor", ok=True)
@@ -205,6 +207,13 @@ class Gateway:
                 self._fire("drain", phase=self._phase)
             raise StartupAborted(f"shutdown requested during phase {self._phase!r}")
         self._fire("serve")
+
+    async def _resign_leadership(self) -> None:
+        leadership = self.extensions.get("leadership")
+        if leadership is None:
+            return
+        with anyio.move_on_after(self._unwind_timeout_s, shield=True):
+            await leadership.resign()
 
     # --- phases ----------------------------------------------------------------------------------
 

@@ -79,6 +79,7 @@ class Supervisor:
         self._restarts = 0
         self._gave_up = False
         self._names: set[str] = set()
+        self._stopping = False
 
     def set_limits(
         self, *, max_restarts: int, window_s: float, backoff_initial_s: float, backoff_max_s: float
@@ -91,6 +92,10 @@ class Supervisor:
         self._window_s = window_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
+
+    def stop_restarting(self) -> None:
+        """From now on a service that ends stays ended (the gateway is draining)."""
+        self._stopping = True
 
     def statistics(self) -> SupervisorStatistics:
         return SupervisorStatistics(tuple(sorted(self._running)), self._restarts, self._gave_up)
@@ -132,12 +137,15 @@ class Supervisor:
                 outcome, error = "exited", None
             except Exception as exc:
                 if first:
-                    self._record(service, "crashed", error=describe(_unwrap(exc)), attempt=attempt)
-                    raise
+                    cause = _unwrap(exc)
+                    self._record(service, "crashed", error=describe(cause), attempt=attempt)
+                    raise cause from None
                 outcome, error = "crashed", describe(_unwrap(exc))
             finally:
                 self._running.discard(service.name)
             self._record(service, outcome, error=error, attempt=attempt)
+            if self._stopping:
+                return
             if service.policy == "temporary" or (
                 service.policy == "transient" and outcome == "exited"
             ):

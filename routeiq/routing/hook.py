@@ -1,0 +1,92 @@
+"""The object litellm calls to pick a deployment, installed on one Router.
+
+litellm 1.110's supported per-Router hook is ``Router.register_plugin(strategy)``: from then on
+that Router (and no other) awaits ``strategy.async_get_available_deployment(model=...,
+messages=..., input=..., specific_deployment=..., request_kwargs=...)`` for every pick, retries
+and fallbacks included, and sends the call to the deployment dict it returns.
+``request_kwargs`` is the request's own kwargs dict (``user``, ``metadata``, ``messages``,
+``litellm_trace_id``, ...). The Router's deprecated ``set_custom_routing_strategy`` does the same.
+A later change of the Router's ``routing_strategy`` setting removes the hook.
+
+``RoutingHook`` asks the Router for the healthy deployments (``select(kind="healthy")``, which
+runs the Router's own filters and drops deployments in cooldown), drops any that the Router's
+cooldown store still lists, lets the strategy choose, and reports a ``RoutingDecision`` to the
+request's recorder and to ``on_decision``. The hook is duck-typed to litellm's
+``CustomRoutingStrategyBase`` so that importing it does not import litellm; it serves async
+calls only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from routeiq.routing.decisions import NO_ARM, RoutingDecision, current_recorder
+from routeiq.routing.strategies import Selection, Strategy, deployment_id
+
+__all__ = ["DecisionCallback", "RoutingHook"]
+
+DecisionCallback = Callable[[RoutingDecision], None]
+
+
+class RoutingHook:
+    def __init__(
+        self, router: Any, strategy: Strategy, *, on_decision: DecisionCallback | None = None
+    ) -> None:
+        self.router = router
+        self.strategy = strategy
+        self._on_decision = on_decision
+
+    async def async_get_available_deployment(
+        self,
+        model: str,
+        messages: list[dict[str, Any]] | None = None,
+        input: Any = None,
+        specific_deployment: bool | None = False,
+        request_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        request = request_kwargs if request_kwargs is not None else {}
+        healthy = await self.router.select(
+            model,
+            request,
+            kind="healthy",
+            messages=messages,
+            input=input,
+            specific_deployment=specific_deployment,
+        )
+        if isinstance(healthy, Mapping):
+            # A deployment asked for by its id: there is nothing to choose.
+            return self._decided(dict(healthy), model, NO_ARM)
+        candidates = await self._without_cooldowns(list(healthy))
+        if not candidates:
+            from litellm.types.router import RouterRateLimitErrorBasic
+
+            raise RouterRateLimitErrorBasic(model=model)
+        choice = await self.strategy.choose(
+            Selection(model, tuple(candidates), request, messages, input)
+        )
+        return self._decided(dict(choice.deployment), model, choice.arm)
+
+    def get_available_deployment(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise NotImplementedError(
+            "RouteIQ routing serves async calls only (acompletion, aembedding, atext_completion)"
+        )
+
+    async def _without_cooldowns(self, healthy: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        if not healthy:
+            return healthy
+        ids = [deployment_id(d) for d in healthy]
+        cooling = await self.router.health().cooldowns.async_get_active_cooldowns(ids, None)
+        cold = {model_id for model_id, _ in cooling}
+        kept = [d for d, model_id in zip(healthy, ids, strict=True) if model_id not in cold]
+        # The Router's own healthy list is authoritative when the two disagree about every one.
+        return kept or healthy
+
+    def _decided(self, deployment: dict[str, Any], model: str, arm: str) -> dict[str, Any]:
+        decision = RoutingDecision(self.strategy.name, arm, deployment_id(deployment), model)
+        recorder = current_recorder()
+        if recorder is not None:
+            recorder.record(decision)
+        if self._on_decision is not None:
+            self._on_decision(decision)
+        return deployment
