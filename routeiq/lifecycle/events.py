@@ -118,16 +118,23 @@ def _opt_str(value: object) -> str | None:
 
 
 class Redactor:
-    """Replaces every known secret value in a string with ``***``."""
+    """Replaces every known secret value in a string with ``***``.
+
+    Values shorter than ``MIN_LENGTH`` are not treated as secrets: masking a placeholder key
+    such as ``k`` or ``none`` would mangle every word that contains it.
+    """
 
     MASK = "***"
+    MIN_LENGTH = 6
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        # Longest first so that a secret containing another is masked whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets: list[str] = []
+        self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({*self._secrets, *(s for s in secrets if s)}, key=len, reverse=True)
+        kept = {*self._secrets, *(s for s in secrets if len(s) >= self.MIN_LENGTH)}
+        # Longest first so that a secret containing another is masked whole.
+        self._secrets = sorted(kept, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:

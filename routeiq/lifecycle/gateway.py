@@ -93,6 +93,10 @@ class Gateway:
         self._sink: JsonlSink | None = None
         self._litellm: Any = None
         self.extensions: dict[str, Any] = {}
+        from routeiq.routing.registry import default_registry
+
+        # Extensions may register strategies until the gateway serves; then it is frozen.
+        self.strategies = default_registry()
 
     # --- projections -------------------------------------------------------------------------
 
@@ -206,6 +210,7 @@ class Gateway:
             else:
                 self._fire("drain", phase=self._phase)
             raise StartupAborted(f"shutdown requested during phase {self._phase!r}")
+        self.strategies.freeze()
         self._fire("serve")
 
     async def _resign_leadership(self) -> None:
@@ -221,6 +226,9 @@ class Gateway:
         with self._component("config"):
             config = load_config(self._env, self._config_path)
             self.events.redactor.add(config.secrets)
+            from routeiq.routing.litellm_setup import validate_routing
+
+            validate_routing(self.strategies, config)
             self._loaded_config = config
         if config.routeiq.event_log.path is not None:
             with self._component("event_sink"):
@@ -285,12 +293,12 @@ class Gateway:
             litellm = import_litellm()
             self._litellm = litellm
         with self._component("router"):
-            router = build_router(litellm, config)
+            built = build_router(litellm, config, self.strategies)
             self.runtime = Runtime(
                 config,
-                router,
+                built.router,
                 revision=1,
-                fast_path=passthrough_applies(config),
+                fast_path=passthrough_applies(config, callback_free=built.callback_free),
                 digest=config.digest,
             )
         self._on_undo(undo, "router", self._drop_router)
@@ -365,6 +373,10 @@ class Gateway:
         )
 
     def _drop_router(self) -> None:
+        from routeiq.routing.litellm_setup import retire_router
+
+        if self.runtime is not None:
+            retire_router(self.runtime.router)
         self.runtime = None
 
     def _fire(self, trigger: str, *, error: str | None = None, **attributes: str) -> None:

@@ -79,17 +79,18 @@ class Reloader:
 
     def validate(self, text: str, source: str) -> GatewayConfig:
         """The config in ``text`` if the running gateway could switch to it, else ConfigError."""
-        from routeiq.routing.litellm_setup import build_router
+        from routeiq.routing.litellm_setup import build_router, retire_router
 
         config = self.parse(text, source)
         self._check_reloadable(config)
-        build_router(self._litellm, config)  # rejects router_settings litellm refuses
+        # Rejects router_settings litellm refuses and strategies that cannot be installed.
+        retire_router(build_router(self._litellm, config, self._gateway.strategies).router)
         return config
 
     async def apply(self, text: str, *, revision: int | None, origin: str) -> ReloadResult:
         """Switch to ``text`` (at ``revision``, default current + 1); never raises ConfigError."""
         from routeiq.proxy.passthrough import passthrough_applies
-        from routeiq.routing.litellm_setup import build_router
+        from routeiq.routing.litellm_setup import build_router, retire_router, validate_routing
 
         gateway = self._gateway
         current = gateway.runtime
@@ -115,13 +116,17 @@ class Reloader:
         try:
             config = self.parse(text, current.config.source)
             self._check_reloadable(config)
-            router = build_router(self._litellm, config)
+            validate_routing(gateway.strategies, config)
+            built = build_router(self._litellm, config, gateway.strategies)
         except Exception as exc:  # any failure: the old config keeps serving
             error = describe(exc)
             self.record_rejected(digest, error, origin=origin)
             return ReloadResult("rejected", current.revision, digest, error)
         gateway.events.redactor.add(config.secrets)
-        gateway.runtime = Runtime(config, router, new_revision, passthrough_applies(config), digest)
+        fast_path = passthrough_applies(config, callback_free=built.callback_free)
+        gateway.runtime = Runtime(config, built.router, new_revision, fast_path, digest)
+        # Requests in flight keep using the old Router; retiring only drops its global hooks.
+        retire_router(current.router)
         gateway.events.append(
             EventKind.CONFIG,
             trigger="applied",

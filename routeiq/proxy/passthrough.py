@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     import aiohttp
 
 __all__ = [
-    "CALLBACK_FREE_STRATEGIES",
     "FORWARDABLE_PARAMS",
     "Passthrough",
     "Relay",
@@ -40,9 +39,6 @@ OPENAI_PROVIDERS = frozenset({"openai", "hosted_vllm"})
 # Deployment parameters the fast path understands; any other one (rpm/tpm limits, retries of
 # litellm's client, extra headers, mock options…) needs litellm's own call path.
 FORWARDABLE_PARAMS = frozenset({"model", "api_base", "api_key", "organization", "timeout"})
-# Strategies that pick without litellm's per-call success callbacks; the others (least-busy,
-# usage- and latency-based) learn from those callbacks, which the fast path does not run.
-CALLBACK_FREE_STRATEGIES = frozenset({None, "simple-shuffle"})
 # Request fields that are RouteIQ's or litellm's business, not the upstream's.
 NOT_FORWARDED = frozenset({"metadata", "timeout", "drop_params", "num_retries"})
 
@@ -67,11 +63,10 @@ class Relay:
     usage: Mapping[str, Any] | None
 
 
-def passthrough_applies(config: GatewayConfig) -> bool:
-    """Whether this config's routing can use the fast path at all."""
-    if not config.routeiq.passthrough:
-        return False
-    return config.router_settings.get("routing_strategy") in CALLBACK_FREE_STRATEGIES
+def passthrough_applies(config: GatewayConfig, *, callback_free: bool) -> bool:
+    """Whether requests may take the fast path: enabled, and a strategy that needs no
+    litellm success callbacks (see ``routeiq.routing.litellm_setup.BuiltRouter``)."""
+    return config.routeiq.passthrough and callback_free
 
 
 def request_timeout_s(config: GatewayConfig) -> float:

@@ -11,13 +11,18 @@ A later change of the Router's ``routing_strategy`` setting removes the hook.
 ``RoutingHook`` asks the Router for the healthy deployments (``select(kind="healthy")``, which
 runs the Router's own filters and drops deployments in cooldown), drops any that the Router's
 cooldown store still lists, lets the strategy choose, and reports a ``RoutingDecision`` to the
-request's recorder and to ``on_decision``. The hook is duck-typed to litellm's
+request's recorder and to ``on_decision``. litellm hides from a custom strategy which deployment
+a retry is retrying, so the hook remembers the deployments it picked for each call (the same
+request dict and ``litellm_trace_id`` across retries and fallbacks, for the last few thousand
+calls) and offers a retry the others first; a deterministic strategy would otherwise retry the
+deployment that just failed until it cools down. The hook is duck-typed to litellm's
 ``CustomRoutingStrategyBase`` so that importing it does not import litellm; it serves async
 calls only.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,6 +32,8 @@ from routeiq.routing.strategies import Selection, Strategy, deployment_id
 __all__ = ["DecisionCallback", "RoutingHook"]
 
 DecisionCallback = Callable[[RoutingDecision], None]
+CallKey = tuple[int, str]
+REMEMBERED_CALLS = 4096
 
 
 class RoutingHook:
@@ -36,6 +43,7 @@ class RoutingHook:
         self.router = router
         self.strategy = strategy
         self._on_decision = on_decision
+        self._tried: OrderedDict[CallKey, set[str]] = OrderedDict()
 
     async def async_get_available_deployment(
         self,
@@ -62,10 +70,16 @@ class RoutingHook:
             from litellm.types.router import RouterRateLimitErrorBasic
 
             raise RouterRateLimitErrorBasic(model=model)
+        call = _call_key(request)
+        tried = self._tried.get(call, set()) if call is not None else set()
+        untried = [d for d in candidates if deployment_id(d) not in tried]
         choice = await self.strategy.choose(
-            Selection(model, tuple(candidates), request, messages, input)
+            Selection(model, tuple(untried or candidates), request, messages, input)
         )
-        return self._decided(dict(choice.deployment), model, choice.arm)
+        picked = self._decided(dict(choice.deployment), model, choice.arm)
+        if call is not None:
+            self._remember(call, deployment_id(picked))
+        return picked
 
     def get_available_deployment(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise NotImplementedError(
@@ -82,6 +96,12 @@ class RoutingHook:
         # The Router's own healthy list is authoritative when the two disagree about every one.
         return kept or healthy
 
+    def _remember(self, call: CallKey, picked: str) -> None:
+        self._tried.setdefault(call, set()).add(picked)
+        self._tried.move_to_end(call)
+        while len(self._tried) > REMEMBERED_CALLS:
+            self._tried.popitem(last=False)
+
     def _decided(self, deployment: dict[str, Any], model: str, arm: str) -> dict[str, Any]:
         decision = RoutingDecision(self.strategy.name, arm, deployment_id(deployment), model)
         recorder = current_recorder()
@@ -90,3 +110,9 @@ class RoutingHook:
         if self._on_decision is not None:
             self._on_decision(decision)
         return deployment
+
+
+def _call_key(request: Mapping[str, Any]) -> CallKey | None:
+    # litellm passes one call's retries and fallbacks the same kwargs dict and trace id.
+    trace = request.get("litellm_trace_id")
+    return (id(request), trace) if isinstance(trace, str) and trace else None

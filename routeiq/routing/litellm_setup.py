@@ -7,23 +7,35 @@ ours). ``import_litellm`` sets the two variables (only if the operator has not) 
 litellm's loggers to the application's logging. It is called in the ``patched`` phase only.
 
 Nothing here sets litellm's module globals or patches its classes: everything per app instance
-lives on that instance's ``Router``.
+lives on that instance's ``Router``, and RouteIQ's routing strategy is installed on it through
+litellm's per-Router hook (``Router.register_plugin``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from routeiq.config.model import GatewayConfig, thaw
 from routeiq.errors import ConfigError
+from routeiq.routing.registry import StrategyRegistry
+from routeiq.routing.strategies import NeedsNativeStrategy
 
-__all__ = ["LITELLM_LOGGERS", "build_router", "import_litellm"]
+__all__ = [
+    "LITELLM_LOGGERS",
+    "BuiltRouter",
+    "build_router",
+    "import_litellm",
+    "retire_router",
+    "validate_routing",
+]
 
 LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 TAMED_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MODE": "PRODUCTION"}
+ROUTING_PATH = "routeiq.routing"
 
 
 def import_litellm() -> ModuleType:
@@ -39,11 +51,61 @@ def import_litellm() -> ModuleType:
     return litellm
 
 
-def build_router(litellm: ModuleType, config: GatewayConfig) -> Any:
-    """A new ``litellm.Router`` for ``config``; a settings error is a ``ConfigError``."""
+@dataclass(frozen=True, slots=True)
+class BuiltRouter:
+    router: Any
+    # False when the strategy learns from litellm's per-call callbacks (stateful built-ins),
+    # which only litellm's own call path runs.
+    callback_free: bool
+
+
+class _ConfigRouterView:
+    """Just enough of a Router to validate strategy options before litellm is imported."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._deployments = [thaw(d.model_dump(mode="python")) for d in config.model_list]
+
+    def registry(self) -> _ConfigRouterView:
+        return self
+
+    def all(self) -> list[dict[str, Any]]:
+        return self._deployments
+
+
+def validate_routing(registry: StrategyRegistry, config: GatewayConfig) -> None:
+    """Raise ``ConfigError`` for an unknown strategy or bad options (at ``configured``)."""
+    routing = config.routeiq.routing
+    if routing.strategy is not None:
+        registry.create(
+            routing.strategy, routing.options, _ConfigRouterView(config), path=ROUTING_PATH
+        )
+
+
+def build_router(
+    litellm: ModuleType, config: GatewayConfig, registry: StrategyRegistry
+) -> BuiltRouter:
+    """A new ``litellm.Router`` for ``config`` with its routing strategy installed."""
     model_list = [thaw(d.model_dump(mode="python")) for d in config.model_list]
     settings = thaw(config.router_settings)
     try:
-        return litellm.Router(model_list=model_list, **settings)
+        router = litellm.Router(model_list=model_list, **settings)
     except (TypeError, ValueError) as exc:
         raise ConfigError([("router_settings", f"rejected by litellm.Router: {exc}")]) from exc
+    routing = config.routeiq.routing
+    if routing.strategy is None:
+        return BuiltRouter(router, settings.get("routing_strategy") in (None, "simple-shuffle"))
+    try:
+        hook = registry.install(router, routing, path=ROUTING_PATH)
+    except BaseException:
+        retire_router(router)
+        raise
+    strategy = hook.strategy
+    natives = strategy.native_strategies() if isinstance(strategy, NeedsNativeStrategy) else ()
+    return BuiltRouter(router, not natives)
+
+
+def retire_router(router: Any) -> None:
+    """Drop the Router's process-wide registrations (it keeps serving calls in flight)."""
+    retire = getattr(router, "retire", None)
+    if retire is not None:
+        retire()

@@ -23,7 +23,10 @@ from routeiq.lifecycle.statechart import Statechart
 CHART = Statechart.load("gateway")
 TRIGGERS = sorted({t.trigger for t in CHART.transitions})
 STARTUP_ORDER = ["configured", "observing", "patched"]
-secrets_st = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=12, max_size=32)
+# Keys look like keys ("sk-…"): an all-digit "secret" would also occur inside float reprs.
+secrets_st = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=12, max_size=32
+).map(lambda text: f"sk-{text}")
 
 
 def assert_startup_order(log: EventLog) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -59,5 +60,14 @@ async def running_app(app: GatewayApp) -> AsyncIterator[httpx.AsyncClient]:
                 yield client
             reply = await driver.shutdown()
             assert reply["type"] == "lifespan.shutdown.complete", reply
+            await close_litellm_clients()
     finally:
         driver.close()
+
+
+async def close_litellm_clients() -> None:
+    """litellm caches HTTP clients process-wide, per event loop, and never closes them; each
+    test has its own loop, so close them before the loop ends (a server process just exits)."""
+    litellm = sys.modules.get("litellm")
+    if litellm is not None:
+        await litellm.close_litellm_async_clients()
