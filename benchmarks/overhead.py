@@ -166,14 +166,38 @@ async def measure(server: Server, seconds: float) -> None:
     }
 
 
+def proxy_requirements() -> list[str]:
+    """litellm's ``proxy`` extra, read from the installed litellm's metadata.
+
+    The extra pins a ``litellm-proxy`` companion and a ``litellm-enterprise`` post-release that
+    the package index does not serve; the proxy's code ships in litellm itself, so the first is
+    left out and the second unpinned. (This resolved once here in a venv that already held
+    litellm; a dry run in an empty venv did not resolve, so the first use may need a hand.)
+    """
+    from importlib.metadata import requires, version
+
+    wanted = [f"litellm=={version('litellm')}"]
+    for requirement in requires("litellm") or []:
+        spec, _, marker = requirement.partition(";")
+        if "extra == 'proxy'" not in marker and 'extra == "proxy"' not in marker:
+            continue
+        name = spec.strip().split("=")[0].split("<")[0].split(">")[0].strip()
+        if name == "litellm-proxy":
+            continue
+        if name == "litellm-enterprise":
+            spec = name
+        rest = marker.replace("extra == 'proxy'", "").replace('extra == "proxy"', "")
+        rest = rest.strip().removesuffix("and").removeprefix("and").strip()
+        wanted.append(f"{spec.strip()}; {rest}" if rest else spec.strip())
+    return wanted
+
+
 def ensure_proxy_venv() -> Path:
     litellm_bin = PROXY_VENV / "bin" / "litellm"
     if not litellm_bin.exists():
         subprocess.run([sys.executable, "-m", "venv", str(PROXY_VENV)], check=True)
-        subprocess.run(
-            [str(PROXY_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]==1.110.2"],
-            check=True,
-        )
+        pip = str(PROXY_VENV / "bin" / "pip")
+        subprocess.run([pip, "install", "-q", *proxy_requirements()], check=True)
     return litellm_bin
 
 
