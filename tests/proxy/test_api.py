@@ -331,3 +331,28 @@ def test_garbage_never_gets_a_5xx(tmp_path: Path, body: bytes, route: str) -> No
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_litellm_retries_from_router_settings_skip_a_failing_deployment(
+    tmp_path: Path, upstream: Upstream, passthrough: bool
+) -> None:
+    # Two deployments of one group; one always fails. litellm's retries (num_retries) must turn
+    # every request into a success, whichever deployment the first pick lands on.
+    models = [deployment("gpt", upstream, "fail-500"), deployment("gpt", upstream, "gpt")]
+    config = write(
+        tmp_path,
+        models,
+        router_settings={"num_retries": 3, "retry_after": 0},
+        routeiq={"passthrough": passthrough},
+    )
+    app = GatewayApp(env={}, config_path=config)
+    async with running_app(app) as client:
+        for _ in range(20):
+            response = await client.post(
+                "/v1/chat/completions", json={"model": "gpt", **CHAT}, headers=AUTH
+            )
+            assert response.status_code == 200, response.text
+    served = [r.model for r in upstream.requests]
+    assert served.count("gpt") == 20
+    # A shuffle never picking the failing deployment first in 20 tries: odds 2**-20.
+    assert "fail-500" in served  # the failing deployment was tried and retried past
