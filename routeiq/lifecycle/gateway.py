@@ -91,6 +91,7 @@ class Gateway:
         self.tracer_provider: Any = None
         self.supervisor: Supervisor | None = None
         self._sink: JsonlSink | None = None
+        self._close_logging: Callable[[], None] | None = None
         self._litellm: Any = None
         self.extensions: dict[str, Any] = {}
         from routeiq.routing.registry import default_registry
@@ -182,6 +183,8 @@ class Gateway:
                 self._fire("stop")
             if self._sink is not None:
                 self._sink.close()
+            if self._close_logging is not None:
+                self._close_logging()
 
     async def _start(self, undo: AsyncExitStack, supervisor: Supervisor) -> None:
         with anyio.CancelScope() as scope:
@@ -269,7 +272,15 @@ class Gateway:
 
             remove_handler = install_handler(config.routeiq.log_level)
             stop_logging = self.events.subscribe(EventLogger(), replay=True)
-        self._on_undo(undo, "logging", lambda: (stop_logging(), remove_handler()))
+
+        def close_logging() -> None:
+            stop_logging()
+            remove_handler()
+
+        # Like the event sink, logging outlives the unwinding so that the final transition is
+        # logged too; ``run`` closes it last (an undo entry records the teardown's place).
+        self._close_logging = close_logging
+        self._on_undo(undo, "logging", lambda: None)
         with self._component("tracing"):
             from routeiq.observability.startup_trace import StartupTraceProjection
             from routeiq.observability.tracing import build_tracer_provider
