@@ -342,7 +342,14 @@ async def test_litellm_retries_from_router_settings_skip_a_failing_deployment(
     config = write(
         tmp_path,
         models,
-        router_settings={"num_retries": 3, "retry_after": 0},
+        # allowed_fails 0: litellm cools a deployment down at its first failure, so a retry
+        # goes to the healthy one instead of drawing the failing one again at random.
+        router_settings={
+            "num_retries": 3,
+            "retry_after": 0,
+            "allowed_fails": 0,
+            "cooldown_time": 60,
+        },
         routeiq={"passthrough": passthrough},
     )
     app = GatewayApp(env={}, config_path=config)
