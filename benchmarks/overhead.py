@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,18 +28,16 @@ from pathlib import Path
 import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the repo's tests package
+
+from tests.support.procs import free_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 PROXY_VENV = REPO / ".cache" / "bench" / "litellm-proxy"
 SERVER_CORE, LOAD_CORE = 0, 1
 MASTER_KEY = "sk-bench-0123456789abcdef0123456789abcdef"
 HEADERS = {"authorization": f"Bearer {MASTER_KEY}"}  # both gateways check a master key
 CHAT = {"model": "bench", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:

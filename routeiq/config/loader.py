@@ -26,6 +26,7 @@ __all__ = [
     "embedded_default",
     "load_config",
     "parse_config",
+    "parse_config_text",
 ]
 
 ENV_REF_PREFIX = "os.environ/"
@@ -105,6 +106,12 @@ def load_config(env: Mapping[str, str], path: Path | None = None) -> GatewayConf
         raise ConfigError([(origin, f"file not found: {path}")]) from None
     except OSError as exc:
         raise ConfigError([(origin, f"cannot read {path}: {exc.strerror}")]) from None
+    return parse_config_text(text, env, source=source)
+
+
+def parse_config_text(text: str, env: Mapping[str, str], *, source: str) -> GatewayConfig:
+    """The config in YAML ``text`` (a file's content), with its digest; used at startup and
+    by hot reload alike."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -114,9 +121,7 @@ def load_config(env: Mapping[str, str], path: Path | None = None) -> GatewayConf
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise ConfigError([("", f"YAML syntax error{where}: {problem}")], source=source) from None
-    if data is None:
-        data = {}
-    config = parse_config(data, env, source=source)
+    config = parse_config({} if data is None else data, env, source=source)
     return config.model_copy(update={"digest": _digest(text)})
 
 

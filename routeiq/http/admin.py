@@ -7,7 +7,6 @@ reloads and answers with the result (other workers see the file change on their 
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -15,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from routeiq.errors import describe
+from routeiq.http.auth import bearer_token, key_matches
 from routeiq.leadership.config_sync import EtcdConfigSync, FileWatcher
 from routeiq.leadership.election import ElectionUnavailable
 
@@ -35,10 +35,7 @@ def admin_routes(holder: GatewayApp) -> list[Route]:
             return _error(
                 403, "admin routes are disabled: set routeiq.admin_key (ROUTEIQ_ADMIN_KEY)"
             )
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), key.encode()
-        ):
+        if not key_matches(bearer_token(request.headers), key):
             return _error(401, "missing or incorrect admin key")
         sync = gateway.extensions.get("config_sync")
         if isinstance(sync, FileWatcher):

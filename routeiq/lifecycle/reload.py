@@ -16,9 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from routeiq.config.loader import parse_config
+from routeiq.config.loader import parse_config_text
 from routeiq.config.model import GatewayConfig
 from routeiq.errors import ConfigError, describe
 from routeiq.lifecycle.events import EventKind
@@ -68,14 +66,7 @@ class Reloader:
         return Path(runtime.config.source)
 
     def parse(self, text: str, source: str) -> GatewayConfig:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                [("", f"YAML syntax error: {getattr(exc, 'problem', exc)}")], source=source
-            ) from None
-        config = parse_config(data if data is not None else {}, self._env, source=source)
-        return config.model_copy(update={"digest": digest_of(text)})
+        return parse_config_text(text, self._env, source=source)
 
     def validate(self, text: str, source: str) -> GatewayConfig:
         """The config in ``text`` if the running gateway could switch to it, else ConfigError."""

@@ -10,7 +10,6 @@ Each request uses one ``Runtime`` snapshot (config + Router) from start to end.
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -20,6 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from routeiq.http.auth import bearer_token, key_matches
 from routeiq.observability.tracing import (
     OPERATION_OF_ROUTE,
     RequestSpan,
@@ -283,12 +283,12 @@ def _authorize(request: Request, runtime: Runtime) -> None:
     key = runtime.config.master_key
     if key is None:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request.headers)
+    if token is None:
         raise ApiError(
             401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
         )
-    if not hmac.compare_digest(token.strip().encode(), key.encode()):
+    if not key_matches(token, key):
         raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
 
 

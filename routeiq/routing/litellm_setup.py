@@ -63,7 +63,7 @@ class _ConfigRouterView:
     """Just enough of a Router to validate strategy options before litellm is imported."""
 
     def __init__(self, config: GatewayConfig) -> None:
-        self._deployments = [thaw(d.model_dump(mode="python")) for d in config.model_list]
+        self._deployments = _model_list(config)
 
     def registry(self) -> _ConfigRouterView:
         return self
@@ -85,7 +85,7 @@ def build_router(
     litellm: ModuleType, config: GatewayConfig, registry: StrategyRegistry
 ) -> BuiltRouter:
     """A new ``litellm.Router`` for ``config`` with its routing strategy installed."""
-    model_list = [thaw(d.model_dump(mode="python")) for d in config.model_list]
+    model_list = _model_list(config)
     settings = thaw(config.router_settings)
     try:
         router = litellm.Router(model_list=model_list, **settings)
@@ -102,6 +102,11 @@ def build_router(
     strategy = hook.strategy
     natives = strategy.native_strategies() if isinstance(strategy, NeedsNativeStrategy) else ()
     return BuiltRouter(router, not natives)
+
+
+def _model_list(config: GatewayConfig) -> list[dict[str, Any]]:
+    """The deployments as the plain dicts litellm expects (and may mutate)."""
+    return [thaw(d.model_dump(mode="python")) for d in config.model_list]
 
 
 def retire_router(router: Any) -> None:

@@ -64,7 +64,7 @@ class RealTime(ManualTime):
 
     @now.setter
     def now(self, value: float) -> None:
-        pass
+        """Ignored: the real clock cannot be set (ManualTime's code assigns ``now``)."""
 
     def monotonic(self) -> float:
         return time.monotonic()
