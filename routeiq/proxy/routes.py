@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -23,18 +23,13 @@ from routeiq.http.auth import bearer_token, key_matches
 from routeiq.observability.tracing import (
     OPERATION_OF_ROUTE,
     RequestSpan,
-    current_request_span,
     request_span,
 )
-from routeiq.proxy.errors import ApiError, map_upstream_error
-from routeiq.proxy.passthrough import Passthrough
+from routeiq.proxy.calls import call_upstream
+from routeiq.proxy.errors import ApiError
 from routeiq.proxy.streaming import (
-    DisconnectAwareStream,
     aclose_quietly,
-    count_stream_usage,
-    litellm_sse,
 )
-from routeiq.routing.decisions import recording_decisions
 
 if TYPE_CHECKING:
     from routeiq.app import GatewayApp
@@ -138,7 +133,7 @@ class _Api:
                 raise ApiError(
                     400, f"messages[{index}].role is required", param=f"messages[{index}].role"
                 )
-        return await self._call(
+        return await call_upstream(
             gateway, runtime, runtime.router.acompletion, kwargs, "/chat/completions"
         )
 
@@ -149,7 +144,7 @@ class _Api:
         prompt = kwargs.get("prompt")
         if not isinstance(prompt, (str, list)) or not prompt:
             raise ApiError(400, "'prompt' must be a non-empty string or array", param="prompt")
-        return await self._call(
+        return await call_upstream(
             gateway, runtime, runtime.router.atext_completion, kwargs, "/completions"
         )
 
@@ -160,7 +155,9 @@ class _Api:
         value = kwargs.get("input")
         if not isinstance(value, (str, list)) or not value:
             raise ApiError(400, "'input' must be a non-empty string or array", param="input")
-        return await self._call(gateway, runtime, runtime.router.aembedding, kwargs, "/embeddings")
+        return await call_upstream(
+            gateway, runtime, runtime.router.aembedding, kwargs, "/embeddings"
+        )
 
     async def models(self, gateway: Gateway, runtime: Runtime, body: dict[str, Any]) -> Response:
         created = int(gateway.events.events[0].wall_time) if len(gateway.events) else 0
@@ -169,111 +166,6 @@ class _Api:
             for name in runtime.config.model_names
         ]
         return JSONResponse({"object": "list", "data": data})
-
-    # --- the two call paths ------------------------------------------------------------------
-
-    async def _call(
-        self,
-        gateway: Gateway,
-        runtime: Runtime,
-        method: Callable[..., Awaitable[Any]],
-        kwargs: dict[str, Any],
-        upstream_path: str,
-    ) -> Response:
-        with recording_decisions() as recorder:
-            response = await self._fast_path(gateway, runtime, kwargs, upstream_path)
-            if response is None:
-                response = await self._litellm_path(gateway, method, kwargs)
-        decision = recorder.last
-        if decision is not None:
-            response.headers["x-routeiq-deployment"] = decision.deployment_id
-            response.headers["x-routeiq-strategy"] = decision.strategy
-            response.headers["x-routeiq-arm"] = decision.arm
-            current_request_span().set_routing(
-                strategy=decision.strategy, arm=decision.arm, deployment=decision.deployment_id
-            )
-            strategy, arm = decision.strategy, decision.arm
-        else:
-            strategy, arm = (
-                runtime.config.router_settings.get("routing_strategy") or "simple-shuffle",
-                "none",
-            )
-            deployment = response.headers.get("x-routeiq-deployment")
-            if deployment:
-                current_request_span().set_routing(
-                    strategy=strategy, arm=arm, deployment=deployment
-                )
-        if gateway.metrics is not None and response.status_code < 400:
-            gateway.metrics["gateway_routing_decisions_total"].labels(
-                strategy=strategy, arm=arm
-            ).inc()
-        return response
-
-    async def _fast_path(
-        self, gateway: Gateway, runtime: Runtime, kwargs: dict[str, Any], upstream_path: str
-    ) -> Response | None:
-        """Forward through the Router's pick, or ``None`` to use litellm's call path."""
-        passthrough: Passthrough | None = gateway.extensions.get("passthrough")
-        if passthrough is None or not runtime.fast_path:
-            return None
-        try:
-            deployment = await runtime.router.select(
-                kwargs["model"],
-                dict(kwargs),
-                messages=kwargs.get("messages"),
-                input=kwargs.get("input"),
-            )
-        except Exception:  # no pick (cooldown, no capacity): litellm decides
-            return None
-        target = Passthrough.target(deployment) if isinstance(deployment, Mapping) else None
-        if target is None:
-            return None
-        span = current_request_span()
-        span.set_provider(str(deployment["litellm_params"]["model"]))
-        relay = await passthrough.forward(target, upstream_path, kwargs)
-        if relay is None:
-            return None
-        headers = {"x-routeiq-deployment": target.deployment_id}
-        span.set_response_model(target.model)
-        if relay.chunks is None:
-            if relay.usage is not None:
-                _count_tokens(gateway, relay.usage, span)
-            return Response(relay.body, 200, headers=headers, media_type=relay.content_type)
-        headers["cache-control"] = "no-cache"
-        return DisconnectAwareStream(
-            count_stream_usage(relay.chunks, lambda usage: _count_tokens(gateway, usage, span)),
-            headers=headers,
-            media_type="text/event-stream",
-        )
-
-    async def _litellm_path(
-        self, gateway: Gateway, method: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]
-    ) -> Response:
-        redact = gateway.events.redactor
-        span = current_request_span()
-        try:
-            result = await method(**kwargs)
-        except Exception as exc:
-            raise map_upstream_error(exc, redact) from None
-        hidden = getattr(result, "_hidden_params", None)
-        hidden = hidden if isinstance(hidden, Mapping) else {}
-        if isinstance(hidden.get("custom_llm_provider"), str):
-            span.set_provider(hidden["custom_llm_provider"])
-        # litellm reports the deployment it called as the hidden "model_id".
-        headers = (
-            {"x-routeiq-deployment": str(hidden["model_id"])} if hidden.get("model_id") else {}
-        )
-        if kwargs.get("stream"):
-            return DisconnectAwareStream(
-                litellm_sse(result, redact, lambda usage: _count_tokens(gateway, usage, span)),
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache", **headers},
-            )
-        span.set_response_model(getattr(result, "model", None))
-        usage = getattr(result, "usage", None)
-        if usage is not None:
-            _count_tokens(gateway, usage, span)
-        return JSONResponse(result.model_dump(mode="json", exclude_none=True), headers=headers)
 
 
 # --- request checks ---------------------------------------------------------------------------
@@ -390,20 +282,3 @@ def _count_stream(
             await aclose_quietly(source)
 
     response.body_iterator = counted()
-
-
-def _count_tokens(gateway: Gateway, usage: Any, span: RequestSpan | None = None) -> None:
-    if span is not None:
-        span.set_usage(usage)
-    if gateway.metrics is None:
-        return
-    tokens = gateway.metrics["gateway_tokens_total"]
-    if isinstance(usage, Mapping):
-        prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-    else:
-        prompt = getattr(usage, "prompt_tokens", None) or 0
-        completion = getattr(usage, "completion_tokens", None) or 0
-    if prompt:
-        tokens.labels(type="input").inc(prompt)
-    if completion:
-        tokens.labels(type="output").inc(completion)
