@@ -25,6 +25,7 @@ from routeiq.errors import ConfigError, StartupError
 from routeiq.http.routes import build_http_app
 from routeiq.lifecycle.clock import Clock
 from routeiq.lifecycle.gateway import Gateway, StartupAborted
+from routeiq.proxy.limits import RequestGuard
 
 __all__ = ["EXIT_CONFIG", "EXIT_STARTUP", "GatewayApp", "app", "create_app"]
 
@@ -49,7 +50,7 @@ class GatewayApp:
         self._exit_on_startup_failure = exit_on_startup_failure
         self.gateway: Gateway | None = None
         self.startup_error: BaseException | None = None
-        self._http = build_http_app(self)
+        self._http = RequestGuard(build_http_app(self), self)
 
     def new_gateway(self) -> Gateway:
         return Gateway(env=self._env, config_path=self._config_path, clock=self._clock)

@@ -22,6 +22,7 @@ import anyio
 from routeiq.app import EXIT_CONFIG, EXIT_STARTUP, GatewayApp
 from routeiq.config.loader import load_config
 from routeiq.errors import ConfigError, StartupError
+from routeiq.proxy.limits import listen_backlog
 
 __all__ = ["serve"]
 
@@ -35,15 +36,22 @@ def serve(
     # Read the drain timings before starting; a bad config is reported by the lifespan too,
     # but hypercorn's graceful timeout must be known when it is configured.
     try:
-        settings = load_config(env, config_path).routeiq.drain
+        routeiq = load_config(env, config_path).routeiq
     except ConfigError as exc:
         sys.stderr.write(f"routeiq: {exc.render()}\n")
         return EXIT_CONFIG
-    return anyio.run(_serve, bind, env, config_path, settings.delay_s, settings.timeout_s)
+    settings = routeiq.drain
+    backlog = listen_backlog(routeiq.limits)
+    return anyio.run(_serve, bind, env, config_path, settings.delay_s, settings.timeout_s, backlog)
 
 
 async def _serve(
-    bind: str, env: Mapping[str, str], config_path: Path | None, delay_s: float, timeout_s: float
+    bind: str,
+    env: Mapping[str, str],
+    config_path: Path | None,
+    delay_s: float,
+    timeout_s: float,
+    backlog: int,
 ) -> int:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
@@ -52,6 +60,7 @@ async def _serve(
     app = GatewayApp(env=env, config_path=config_path, exit_on_startup_failure=False)
     config = Config()
     config.bind = [bind]
+    config.backlog = backlog
     config.graceful_timeout = timeout_s
     config.accesslog = None
     config.startup_timeout = 600

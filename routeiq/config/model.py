@@ -153,7 +153,26 @@ class ServiceSpec(_Frozen):
 
 
 class LimitsSettings(_Frozen):
+    """Bounds on the work one request may ask for, checked before any work (see
+    ``routeiq.proxy.limits``)."""
+
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="time to receive a whole request body, else 408"
+    )
+    max_json_depth: int = Field(default=32, ge=2, le=512)
+    max_n: int = Field(default=16, ge=1, description="n and best_of")
+    max_output_tokens: int = Field(
+        default=262_144, ge=1, description="max_tokens and max_completion_tokens"
+    )
+    max_logprobs: int = Field(default=20, ge=0, description="top_logprobs and (legacy) logprobs")
+    max_input_items: int = Field(
+        default=2048, ge=1, description="items in an embeddings input or completions prompt"
+    )
+    max_inflight: int = Field(
+        default=512, ge=1, description="requests in progress per process; more are shed (503)"
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After of a shed request")
 
 
 class RoutingSettings(BaseModel):

@@ -172,6 +172,13 @@ METRICS: tuple[MetricSpec, ...] = (
         gauge_mode="livesum",
     ),
     MetricSpec(
+        "gateway_requests_shed_total",
+        "counter",
+        "API requests refused with 503 and Retry-After because routeiq.limits.max_inflight "
+        "requests were already in progress.",
+        labels=("route",),
+    ),
+    MetricSpec(
         "gateway_routing_decisions_total",
         "counter",
         "Routing decisions by strategy and A/B arm ('none' outside an A/B split).",

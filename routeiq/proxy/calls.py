@@ -1,20 +1,31 @@
 """The two call paths of an API request, after it was authorized and validated.
 
-``call_upstream`` first tries the fast path (the Router picks a deployment, RouteIQ forwards the
-bytes, see ``routeiq.proxy.passthrough``), then litellm's own call path, records the routing
-decision (headers, span, ``gateway_routing_decisions_total``) and counts tokens.
+Upstream failure semantics, in one sentence: a request makes at most ``1 + num_retries``
+upstream attempts per model group (fast path and litellm path together: a failed fast attempt
+counts, and litellm only gets the attempts that are left), all within one deadline, the
+operator's timeout, which a client's ``timeout`` may only shorten; an upstream 4xx is not
+retried; when a group's attempts are used up, ``router_settings.fallbacks`` groups are tried
+the same way; a client that disconnects cancels the upstream call (``routeiq.proxy.limits``);
+an invalid 200 body is a 502; bad ``usage`` numbers are ignored for metrics.
+
+``call_upstream`` records the routing decision (headers, span,
+``gateway_routing_decisions_total``) and counts tokens.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.responses import JSONResponse, Response
 
+from routeiq.config.model import GatewayConfig
 from routeiq.observability.tracing import RequestSpan, current_request_span
-from routeiq.proxy.errors import map_upstream_error
-from routeiq.proxy.passthrough import Passthrough
+from routeiq.proxy.errors import ApiError, map_attempt_failure, map_upstream_error
+from routeiq.proxy.passthrough import AttemptFailed, Passthrough, request_timeout_s
 from routeiq.proxy.streaming import DisconnectAwareStream, count_stream_usage, litellm_sse
 from routeiq.routing.decisions import recording_decisions
 
@@ -22,7 +33,12 @@ if TYPE_CHECKING:
     from routeiq.lifecycle.gateway import Gateway
     from routeiq.lifecycle.runtime import Runtime
 
-__all__ = ["call_upstream", "count_tokens"]
+__all__ = ["call_upstream", "configured_retries", "count_tokens", "fallback_groups"]
+
+# litellm's Router retries twice unless told otherwise.
+LITELLM_DEFAULT_RETRIES = 2
+# A token count above this is not a count (and would wreck a counter for good).
+_MAX_TOKENS = 10**12
 
 
 async def call_upstream(
@@ -32,10 +48,18 @@ async def call_upstream(
     kwargs: dict[str, Any],
     upstream_path: str,
 ) -> Response:
+    deadline_s = _deadline_s(runtime.config, kwargs)
+    call = _Call(gateway, runtime, method, upstream_path, time.monotonic() + deadline_s)
     with recording_decisions() as recorder:
-        response = await _fast_path(gateway, runtime, kwargs, upstream_path)
-        if response is None:
-            response = await _litellm_path(gateway, method, kwargs)
+        try:
+            with anyio.fail_after(deadline_s):
+                response = await call.group(kwargs, fallbacks=True)
+        except TimeoutError:
+            raise ApiError(
+                504,
+                f"the upstream model did not answer within the request's {deadline_s:g}s deadline",
+                code="upstream_timeout",
+            ) from None
     decision = recorder.last
     if decision is not None:
         response.headers["x-routeiq-deployment"] = decision.deployment_id
@@ -58,42 +82,137 @@ async def call_upstream(
     return response
 
 
-async def _fast_path(
-    gateway: Gateway, runtime: Runtime, kwargs: dict[str, Any], upstream_path: str
-) -> Response | None:
-    """Forward through the Router's pick, or ``None`` to use litellm's call path."""
-    passthrough: Passthrough | None = gateway.extensions.get("passthrough")
-    if passthrough is None or not runtime.fast_path:
+def _deadline_s(config: GatewayConfig, kwargs: Mapping[str, Any]) -> float:
+    """The operator's timeout, or the client's ``timeout`` when that is shorter."""
+    deadline = request_timeout_s(config)
+    asked = kwargs.get("timeout")
+    if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked > 0:
+        deadline = min(deadline, float(asked))
+    return deadline
+
+
+def configured_retries(config: GatewayConfig, kwargs: Mapping[str, Any]) -> int:
+    """``num_retries`` of the request (from ``litellm_settings``), else of the Router."""
+    for value in (kwargs.get("num_retries"), config.router_settings.get("num_retries")):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return LITELLM_DEFAULT_RETRIES
+
+
+def fallback_groups(config: GatewayConfig, model: str) -> list[str]:
+    """The model groups ``router_settings`` names as fallbacks for ``model``, in order."""
+    groups: list[str] = []
+    for entry in config.router_settings.get("fallbacks") or ():
+        if isinstance(entry, Mapping) and model in entry:
+            groups.extend(str(g) for g in entry[model] or ())
+    for group in config.router_settings.get("default_fallbacks") or ():
+        if str(group) != model:
+            groups.append(str(group))
+    return list(dict.fromkeys(groups))
+
+
+class _Call:
+    """One request's upstream attempts: the fast path first, litellm for what is left."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        runtime: Runtime,
+        method: Callable[..., Awaitable[Any]],
+        upstream_path: str,
+        deadline: float,
+    ) -> None:
+        self.gateway, self.runtime, self.method = gateway, runtime, method
+        self.upstream_path, self.deadline = upstream_path, deadline
+        passthrough = gateway.extensions.get("passthrough")
+        self.passthrough = passthrough if runtime.fast_path else None
+
+    def remaining_s(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    async def group(self, kwargs: dict[str, Any], *, fallbacks: bool) -> Response:
+        config = self.runtime.config
+        budget = 1 + configured_retries(config, kwargs)
+        failed: list[str] = []
+        failure: AttemptFailed | None = None
+        while budget > 0 and self.passthrough is not None:
+            picked = await self._pick(kwargs, failed)
+            if picked is None:
+                break
+            deployment, target = picked
+            budget -= 1
+            try:
+                return await self._forward(deployment, target, kwargs)
+            except AttemptFailed as exc:
+                failure = exc
+            if not failure.retryable:
+                raise map_attempt_failure(failure, self.gateway.events.redactor)
+            failed.append(target.deployment_id)
+            retry_after = config.router_settings.get("retry_after")
+            if budget > 0 and isinstance(retry_after, (int, float)) and retry_after > 0:
+                await anyio.sleep(float(retry_after))
+        if failure is None or budget > 0:
+            # litellm's call path, with the attempts left and the deadline's remaining time.
+            call_kwargs = {**kwargs, "num_retries": budget - 1, "timeout": self.remaining_s()}
+            if not fallbacks:
+                call_kwargs["disable_fallbacks"] = True
+            return await _litellm_path(self.gateway, self.method, call_kwargs)
+        if fallbacks:
+            for group in fallback_groups(config, kwargs["model"]):
+                try:
+                    return await self.group({**kwargs, "model": group}, fallbacks=False)
+                except ApiError as exc:
+                    if exc.status < 500 and exc.status != 429:
+                        raise
+        raise map_attempt_failure(failure, self.gateway.events.redactor)
+
+    async def _pick(
+        self, kwargs: Mapping[str, Any], failed: list[str]
+    ) -> tuple[Mapping[str, Any], Any] | None:
+        """The Router's pick for a fast attempt (avoiding deployments that failed this request,
+        when there are others), or ``None`` to let litellm take over."""
+        router = self.runtime.router
+        request = dict(kwargs)
+        for excluded in ([*failed], []) if failed else ([],):
+            if excluded:
+                request["_excluded_deployment_ids"] = excluded
+            try:
+                deployment = await router.select(
+                    kwargs["model"],
+                    dict(request),
+                    messages=kwargs.get("messages"),
+                    input=kwargs.get("input"),
+                )
+            except Exception:  # no pick (cooldown, no capacity, all excluded)
+                continue
+            if not isinstance(deployment, Mapping):
+                return None
+            target = Passthrough.target(deployment)
+            return None if target is None else (deployment, target)
         return None
-    try:
-        deployment = await runtime.router.select(
-            kwargs["model"],
-            dict(kwargs),
-            messages=kwargs.get("messages"),
-            input=kwargs.get("input"),
+
+    async def _forward(
+        self, deployment: Mapping[str, Any], target: Any, kwargs: Mapping[str, Any]
+    ) -> Response:
+        assert self.passthrough is not None
+        span = current_request_span()
+        span.set_provider(str(deployment["litellm_params"]["model"]))
+        relay = await self.passthrough.forward(
+            target, self.upstream_path, kwargs, timeout_s=self.remaining_s()
         )
-    except Exception:  # no pick (cooldown, no capacity): litellm decides
-        return None
-    target = Passthrough.target(deployment) if isinstance(deployment, Mapping) else None
-    if target is None:
-        return None
-    span = current_request_span()
-    span.set_provider(str(deployment["litellm_params"]["model"]))
-    relay = await passthrough.forward(target, upstream_path, kwargs)
-    if relay is None:
-        return None
-    headers = {"x-routeiq-deployment": target.deployment_id}
-    span.set_response_model(target.model)
-    if relay.chunks is None:
-        if relay.usage is not None:
-            count_tokens(gateway, relay.usage, span)
-        return Response(relay.body, 200, headers=headers, media_type=relay.content_type)
-    headers["cache-control"] = "no-cache"
-    return DisconnectAwareStream(
-        count_stream_usage(relay.chunks, lambda usage: count_tokens(gateway, usage, span)),
-        headers=headers,
-        media_type="text/event-stream",
-    )
+        gateway = self.gateway
+        headers = {"x-routeiq-deployment": target.deployment_id}
+        span.set_response_model(target.model)
+        if relay.chunks is None:
+            if relay.usage is not None:
+                count_tokens(gateway, relay.usage, span)
+            return Response(relay.body, 200, headers=headers, media_type=relay.content_type)
+        headers["cache-control"] = "no-cache"
+        return DisconnectAwareStream(
+            count_stream_usage(relay.chunks, lambda usage: count_tokens(gateway, usage, span)),
+            headers=headers,
+            media_type="text/event-stream",
+        )
 
 
 async def _litellm_path(
@@ -125,17 +244,28 @@ async def _litellm_path(
 
 
 def count_tokens(gateway: Gateway, usage: Any, span: RequestSpan | None = None) -> None:
+    """Count an upstream's ``usage``; a value that is not a plausible token count (negative,
+    not a number, infinite, an object…) is ignored, never fatal."""
+    if isinstance(usage, Mapping):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    else:
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+    prompt, completion = _token_count(prompt), _token_count(completion)
     if span is not None:
-        span.set_usage(usage)
+        span.set_usage({"prompt_tokens": prompt, "completion_tokens": completion})
     if gateway.metrics is None:
         return
     tokens = gateway.metrics["gateway_tokens_total"]
-    if isinstance(usage, Mapping):
-        prompt, completion = usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
-    else:
-        prompt = getattr(usage, "prompt_tokens", None) or 0
-        completion = getattr(usage, "completion_tokens", None) or 0
     if prompt:
         tokens.labels(type="input").inc(prompt)
     if completion:
         tokens.labels(type="output").inc(completion)
+
+
+def _token_count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if 0 <= value <= _MAX_TOKENS else None

@@ -8,10 +8,20 @@ messages are scrubbed of the configured secrets before they are sent.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse
 
-__all__ = ["ApiError", "map_upstream_error", "openai_error_body", "openai_error_response"]
+if TYPE_CHECKING:
+    from routeiq.proxy.passthrough import AttemptFailed
+
+__all__ = [
+    "ApiError",
+    "map_attempt_failure",
+    "map_upstream_error",
+    "openai_error_body",
+    "openai_error_response",
+]
 
 _TYPES = {
     400: "invalid_request_error",
@@ -19,6 +29,7 @@ _TYPES = {
     403: "invalid_request_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     429: "rate_limit_error",
@@ -68,8 +79,33 @@ def map_upstream_error(exc: BaseException, redact: Callable[[str], str]) -> ApiE
         )
     if isinstance(status, int) and status in (400, 422) and "ContextWindow" not in name:
         return ApiError(400, message, code="invalid_request")
+    if status == 413:
+        return ApiError(413, message, code="request_too_large")
     if "ContextWindow" in name:
         return ApiError(400, message, code="context_length_exceeded")
+    if status in (401, 403):
+        return ApiError(
+            502, "the upstream rejected the gateway's credentials", code="upstream_auth"
+        )
+    return ApiError(502, f"the upstream model failed: {message}", code="upstream_error")
+
+
+def map_attempt_failure(failure: AttemptFailed, redact: Callable[[str], str]) -> ApiError:
+    """The ``ApiError`` a client sees for the fast path's last failed attempt."""
+    message = redact(failure.message)
+    status = failure.status
+    if failure.timed_out or status == 408:
+        return ApiError(504, f"the upstream model timed out: {message}", code="upstream_timeout")
+    if failure.invalid_body:
+        return ApiError(502, message, code="upstream_invalid_response")
+    if status == 429:
+        return ApiError(
+            429, f"the upstream is rate limiting: {message}", code="rate_limit_exceeded"
+        )
+    if status in (400, 422):
+        return ApiError(400, message, code=failure.code or "invalid_request")
+    if status == 413:
+        return ApiError(413, message, code=failure.code or "request_too_large")
     if status in (401, 403):
         return ApiError(
             502, "the upstream rejected the gateway's credentials", code="upstream_auth"

@@ -7,10 +7,12 @@ parameters), the gateway asks this instance's Router to pick a deployment (routi
 cooldowns and RouteIQ's strategies all apply) and forwards the request over a pooled aiohttp
 session, relaying the upstream's JSON or SSE bytes as they come.
 
-Anything else goes through ``Router.acompletion``. So does every request whose fast attempt
-fails before a byte reached the client (connection error, timeout, non-200 status): litellm's
-own retries, fallbacks, cooldowns and error mapping then decide the outcome, exactly as without
-the fast path. Once bytes have been relayed, a failure is reported in-band, as OpenAI does.
+Anything else goes through ``Router.acompletion``. One request's attempts share one budget
+(``routeiq.proxy.calls``): a failed fast attempt counts, and litellm only gets the attempts that
+are left. ``forward`` makes exactly one attempt and says how it failed (``AttemptFailed``): a
+connection error, a timeout, a non-200 status, or a 200 whose body is not what was asked for
+(not a JSON object, or a stream that does not start like server-sent events). Once bytes have
+been relayed, a failure is reported in-band, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from routeiq.config.model import GatewayConfig
+from routeiq.errors import UpstreamError
 
 if TYPE_CHECKING:
     import aiohttp
 
 __all__ = [
     "FORWARDABLE_PARAMS",
+    "AttemptFailed",
     "Passthrough",
     "Relay",
     "Target",
@@ -41,6 +47,34 @@ OPENAI_PROVIDERS = frozenset({"openai", "hosted_vllm"})
 FORWARDABLE_PARAMS = frozenset({"model", "api_base", "api_key", "organization", "timeout"})
 # Request fields that are RouteIQ's or litellm's business, not the upstream's.
 NOT_FORWARDED = frozenset({"metadata", "timeout", "drop_params", "num_retries"})
+
+
+class AttemptFailed(UpstreamError):
+    """One upstream attempt failed before anything was relayed to the client.
+
+    ``status`` is the upstream's HTTP status (``None`` for a connection error or timeout);
+    ``retryable`` is false for a client error (4xx other than 408/429) and an invalid body.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        timed_out: bool = False,
+        invalid_body: bool = False,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message, self.status, self.timed_out = message, status, timed_out
+        self.invalid_body, self.code = invalid_body, code
+
+    @property
+    def retryable(self) -> bool:
+        if self.invalid_body:
+            return False
+        status = self.status
+        return status is None or status in (408, 429) or status >= 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,42 +155,112 @@ class Passthrough:
             deployment_id=str(info.get("id", "")),
         )
 
-    async def forward(self, target: Target, path: str, body: Mapping[str, Any]) -> Relay | None:
-        """POST ``body`` to the target; ``None`` when it failed before anything was relayed."""
+    async def forward(
+        self, target: Target, path: str, body: Mapping[str, Any], *, timeout_s: float
+    ) -> Relay:
+        """POST ``body`` to the target, once; raises ``AttemptFailed`` when nothing usable came
+        back. ``timeout_s`` bounds the attempt up to the response (the body, unless streaming)."""
         import aiohttp
 
         payload = {k: v for k, v in body.items() if k not in NOT_FORWARDED}
         payload["model"] = target.model
-        timeout = aiohttp.ClientTimeout(total=target.timeout_s or self._default_timeout_s)
+        if target.timeout_s is not None:
+            timeout_s = min(timeout_s, target.timeout_s)
+        # The deadline covers the response's start; a stream may then take as long as it takes.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        url = f"{target.base_url}{path}"
         try:
-            response = await self._session.post(
-                f"{target.base_url}{path}",
-                data=json.dumps(payload, separators=(",", ":")),
-                headers=target.headers,
-                timeout=timeout,
-            )
-        except (aiohttp.ClientError, TimeoutError):
-            return None
+            with anyio.fail_after(timeout_s):
+                response = await self._session.post(
+                    url,
+                    data=json.dumps(payload, separators=(",", ":")),
+                    headers=target.headers,
+                    timeout=timeout,
+                )
+                try:
+                    if response.status != 200:
+                        raise _status_failure(response.status, await response.read())
+                    if payload.get("stream"):
+                        first = await _first_event(response)
+                    else:
+                        raw = await response.read()
+                except BaseException:
+                    response.close()
+                    raise
+        except TimeoutError:
+            raise AttemptFailed(
+                f"no answer within {timeout_s:g}s", timed_out=True, code="upstream_timeout"
+            ) from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            # ValueError: UnicodeError from an api_base host IDNA cannot encode, bad URLs.
+            reason = type(exc).__name__
+            raise AttemptFailed(f"the upstream could not be reached: {reason}") from None
         content_type = response.headers.get("content-type", "application/json")
-        if response.status != 200:
-            response.release()
-            return None
-        if not payload.get("stream"):
-            try:
-                raw = await response.read()
-            except (aiohttp.ClientError, TimeoutError):
-                return None
-            finally:
-                response.release()
-            return Relay(200, content_type, raw, None, _usage_of(raw))
-        return Relay(200, content_type, None, _relay_stream(response), None)
+        if payload.get("stream"):
+            return Relay(200, "text/event-stream", None, _relay_stream(response, first), None)
+        response.release()
+        return Relay(200, content_type, raw, None, _checked_body(raw, content_type))
 
 
-async def _relay_stream(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+def _status_failure(status: int, raw: bytes) -> AttemptFailed:
+    message, code = f"the upstream answered HTTP {status}", None
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        error = None
+    if isinstance(error, Mapping):
+        if isinstance(error.get("message"), str):
+            message = error["message"][:500]
+        if isinstance(error.get("code"), str):
+            code = error["code"][:100]
+    return AttemptFailed(message, status=status, code=code)
+
+
+def _checked_body(raw: bytes, content_type: str) -> Mapping[str, Any] | None:
+    """The ``usage`` of a JSON object body; ``AttemptFailed`` when the body is not one."""
+    invalid = AttemptFailed(
+        f"the upstream answered 200 with a body that is not a JSON object ({content_type})",
+        invalid_body=True,
+        code="upstream_invalid_response",
+    )
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise invalid from None
+    if not isinstance(parsed, dict):
+        raise invalid
+    usage = parsed.get("usage")
+    return usage if isinstance(usage, Mapping) else None
+
+
+_SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+async def _first_event(response: aiohttp.ClientResponse) -> bytes:
+    """Bytes up to the stream's first line; ``AttemptFailed`` unless it is server-sent events."""
+    head = b""
+    while b"\n" not in head.lstrip(b"\r\n") and len(head) < 65536:
+        chunk = await response.content.readany()
+        if not chunk:
+            break
+        head += chunk
+    line = head.lstrip(b"\r\n\xef\xbb\xbf").split(b"\n", 1)[0]
+    if not head or not line.startswith(_SSE_FIELDS):
+        raise AttemptFailed(
+            "the upstream answered a stream request with a body that is not server-sent events"
+            f" ({response.headers.get('content-type', 'no content-type')})",
+            invalid_body=True,
+            code="upstream_invalid_response",
+        )
+    return head
+
+
+async def _relay_stream(response: aiohttp.ClientResponse, first: bytes) -> AsyncIterator[bytes]:
     """The upstream's SSE bytes as they arrive; closing this closes the upstream connection."""
     import aiohttp
 
     try:
+        yield first
         async for chunk in response.content.iter_any():
             yield chunk
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -173,14 +277,6 @@ async def _relay_stream(response: aiohttp.ClientResponse) -> AsyncIterator[bytes
     finally:
         # Closing (not releasing) drops the connection, which cancels the upstream's generation.
         response.close()
-
-
-def _usage_of(raw: bytes) -> Mapping[str, Any] | None:
-    try:
-        usage = json.loads(raw).get("usage")
-    except (ValueError, AttributeError):
-        return None
-    return usage if isinstance(usage, Mapping) else None
 
 
 def stream_usage(chunk: bytes) -> Mapping[str, Any] | None:

@@ -10,12 +10,11 @@ Each request uses one ``Runtime`` snapshot (config + Router) from start to end.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -27,6 +26,7 @@ from routeiq.observability.tracing import (
 )
 from routeiq.proxy.calls import call_upstream
 from routeiq.proxy.errors import ApiError
+from routeiq.proxy.limits import read_json_body
 from routeiq.proxy.streaming import (
     aclose_quietly,
 )
@@ -185,32 +185,7 @@ def _authorize(request: Request, runtime: Runtime) -> None:
 
 
 async def _json_body(request: Request, runtime: Runtime) -> dict[str, Any]:
-    limit = runtime.config.routeiq.limits.max_body_bytes
-    too_large = ApiError(
-        413, f"request body is larger than {limit} bytes", code="request_too_large"
-    )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "the client disconnected while sending the body") from None
-    try:
-        body = json.loads(b"".join(chunks) or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
-    return body
+    return await read_json_body(request, runtime.config.routeiq.limits)
 
 
 def _call_kwargs(runtime: Runtime, body: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:

@@ -1,0 +1,277 @@
+"""Bounded work per request, and load shedding, enforced before any work is done.
+
+Guarantees, all configured under ``routeiq.limits``:
+
+- ``RequestGuard`` (an ASGI wrapper around the HTTP app) answers ``503`` with ``Retry-After``
+  (counted in ``gateway_requests_shed_total{route}``) when ``max_inflight`` API requests are
+  already in progress in this process, before it reads a byte of the body. It also cancels a
+  request's work (the upstream call included, streaming or not) when its client disconnects.
+- ``read_json_body`` reads a body of at most ``max_body_bytes`` (``413``) within
+  ``body_timeout_s`` (``408``: a client trickling bytes cannot hold a request open), parses it
+  as JSON nested at most ``max_json_depth`` levels, and refuses numbers Python cannot hold
+  (``400``).
+- ``check_request_bounds`` refuses ``n``, ``best_of``, ``max_tokens``-like fields,
+  ``top_logprobs``/``logprobs`` and ``input``/``prompt`` list sizes above their limits
+  (``400`` naming the field).
+
+Errors are OpenAI-style bodies (``routeiq.proxy.errors``). What is not checked here: the types
+and shapes of fields (request validation does that) and upstream-side limits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.requests import ClientDisconnect, Request
+
+from routeiq.config.model import LimitsSettings
+from routeiq.proxy.errors import ApiError, openai_error_body
+
+if TYPE_CHECKING:
+    from routeiq.app import GatewayApp
+
+__all__ = [
+    "GUARDED_PREFIX",
+    "RequestGuard",
+    "check_request_bounds",
+    "listen_backlog",
+    "read_json_body",
+]
+
+GUARDED_PREFIX = "/v1/"
+# Fields whose value is a count of generated things: name → which limit bounds it.
+_COUNTS = {
+    "n": "max_n",
+    "best_of": "max_n",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "top_logprobs": "max_logprobs",
+    "logprobs": "max_logprobs",
+}
+_ITEM_LISTS = ("input", "prompt")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+
+
+# --- body -------------------------------------------------------------------------------------
+
+
+async def read_json_body(request: Request, limits: LimitsSettings) -> dict[str, Any]:
+    """The request's JSON object, read and checked within ``limits`` (raises ``ApiError``)."""
+    raw = await _read_bounded(request, limits)
+    try:
+        body = json.loads(raw or b"null")
+    except RecursionError:
+        raise _too_deep(limits) from None
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, f"the request body is not valid UTF-8: {exc.reason}", code="invalid_json"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's digit limit
+        raise ApiError(
+            400, f"the request body is not valid JSON: {str(exc)[:200]}", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
+    if raw.count(b"[") + raw.count(b"{") > limits.max_json_depth and (
+        _depth(body) > limits.max_json_depth
+    ):
+        raise _too_deep(limits)
+    check_request_bounds(body, limits)
+    return body
+
+
+async def _read_bounded(request: Request, limits: LimitsSettings) -> bytes:
+    limit = limits.max_body_bytes
+    too_large = ApiError(
+        413, f"request body is larger than {limit} bytes", code="request_too_large"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    with anyio.move_on_after(limits.body_timeout_s) as reading:
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ApiError(400, "the client disconnected while sending the body") from None
+    if reading.cancelled_caught:
+        raise ApiError(
+            408,
+            f"the request body was not received within {limits.body_timeout_s:g}s",
+            code="request_timeout",
+        )
+    return b"".join(chunks)
+
+
+def _too_deep(limits: LimitsSettings) -> ApiError:
+    return ApiError(
+        400,
+        f"the request body is nested deeper than {limits.max_json_depth} levels",
+        code="invalid_json",
+    )
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def check_request_bounds(body: Mapping[str, Any], limits: LimitsSettings) -> None:
+    """Refuse counts and sizes above ``limits`` (values of the wrong type are left to
+    validation, which names them)."""
+    for name, limit_name in _COUNTS.items():
+        value = body.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        limit = getattr(limits, limit_name)
+        if value > limit:
+            raise ApiError(
+                400,
+                f"'{name}' must be at most {limit} (routeiq.limits.{limit_name})",
+                param=name,
+                code="limit_exceeded",
+            )
+    for name in _ITEM_LISTS:
+        value = body.get(name)
+        if isinstance(value, list) and len(value) > limits.max_input_items:
+            raise ApiError(
+                400,
+                f"'{name}' may hold at most {limits.max_input_items} items "
+                "(routeiq.limits.max_input_items)",
+                param=name,
+                code="limit_exceeded",
+            )
+
+
+# --- in-flight cap and disconnects ------------------------------------------------------------
+
+
+def listen_backlog(limits: LimitsSettings) -> int:
+    """The listen backlog for ``max_inflight``: connections beyond the in-flight cap must wait
+    in the kernel's accept queue and then get a 503, not a TCP reset from an overflowing queue
+    (the kernel caps it at ``net.core.somaxconn``)."""
+    return max(1024, 2 * limits.max_inflight)
+
+
+class RequestGuard:
+    """Wraps the HTTP app: sheds API requests past ``max_inflight`` and cancels a request's
+    work when its client disconnects.
+
+    hypercorn reports a client that went away as an ``http.disconnect`` message, but only to a
+    ``receive`` call nobody makes while a handler awaits its upstream. After the app has read
+    the whole body, this wrapper keeps one ``receive`` call pending; a disconnect cancels the
+    app's task, which closes the upstream connection (aiohttp, litellm's client) on the way out.
+    The app's own ``receive`` calls then wait for that same disconnect.
+    """
+
+    def __init__(self, app: Any, holder: GatewayApp) -> None:
+        self._app = app
+        self._holder = holder
+        self._inflight = 0
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        gateway = self._holder.gateway
+        runtime = None if gateway is None else gateway.runtime
+        if (
+            scope["type"] != "http"
+            or not str(scope.get("path", "")).startswith(GUARDED_PREFIX)
+            or gateway is None
+            or runtime is None
+        ):
+            await self._app(scope, receive, send)
+            return
+        limits = runtime.config.routeiq.limits
+        if self._inflight >= limits.max_inflight:
+            if gateway.metrics is not None:
+                gateway.metrics["gateway_requests_shed_total"].labels(route=scope["path"]).inc()
+            await _shed(send, limits)
+            return
+        self._inflight += 1
+        try:
+            await _cancel_on_disconnect(self._app, scope, receive, send)
+        finally:
+            self._inflight -= 1
+
+
+async def _shed(send: Any, limits: LimitsSettings) -> None:
+    body = json.dumps(
+        openai_error_body(
+            503,
+            "the gateway is at its in-flight request limit; retry later",
+            code="overloaded",
+        )
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(limits.retry_after_s).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _cancel_on_disconnect(app: Any, scope: Scope, receive: Any, send: Any) -> None:
+    disconnected = anyio.Event()
+    body_read = responded = False
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+            if not responded:  # a disconnect after the last byte is just the connection closing
+                tg.cancel_scope.cancel()
+
+        async def app_send(message: Message) -> None:
+            nonlocal responded
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                responded = True
+            await send(message)
+
+        async def app_receive() -> Message:
+            nonlocal body_read
+            if body_read or disconnected.is_set():
+                await disconnected.wait()
+                return {"type": "http.disconnect"}
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+            elif not message.get("more_body", False):
+                body_read = True
+                tg.start_soon(watch)
+            return message
+
+        await app(scope, app_receive, app_send)
+        tg.cancel_scope.cancel()
