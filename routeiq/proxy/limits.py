@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 __all__ = [
     "GUARDED_PREFIX",
     "RequestGuard",
+    "check_json_depth",
     "check_request_bounds",
     "listen_backlog",
+    "read_body",
     "read_json_body",
 ]
 
@@ -62,7 +64,7 @@ Message = MutableMapping[str, Any]
 
 async def read_json_body(request: Request, limits: LimitsSettings) -> dict[str, Any]:
     """The request's JSON object, read and checked within ``limits`` (raises ``ApiError``)."""
-    raw = await _read_bounded(request, limits)
+    raw = await read_body(request, limits)
     try:
         body = json.loads(raw or b"null")
     except RecursionError:
@@ -77,15 +79,13 @@ async def read_json_body(request: Request, limits: LimitsSettings) -> dict[str, 
         ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
-    if raw.count(b"[") + raw.count(b"{") > limits.max_json_depth and (
-        _depth(body) > limits.max_json_depth
-    ):
-        raise _too_deep(limits)
+    check_json_depth(raw, body, limits)
     check_request_bounds(body, limits)
     return body
 
 
-async def _read_bounded(request: Request, limits: LimitsSettings) -> bytes:
+async def read_body(request: Request, limits: LimitsSettings) -> bytes:
+    """The raw body: at most ``max_body_bytes`` (413), received within ``body_timeout_s`` (408)."""
     limit = limits.max_body_bytes
     too_large = ApiError(
         413, f"request body is larger than {limit} bytes", code="request_too_large"
@@ -119,6 +119,15 @@ def _too_deep(limits: LimitsSettings) -> ApiError:
         f"the request body is nested deeper than {limits.max_json_depth} levels",
         code="invalid_json",
     )
+
+
+def check_json_depth(raw: bytes, body: Any, limits: LimitsSettings) -> None:
+    """Refuse a parsed body nested deeper than ``max_json_depth`` (``raw`` skips the walk when
+    it holds too few brackets to be that deep)."""
+    if raw.count(b"[") + raw.count(b"{") > limits.max_json_depth and (
+        _depth(body) > limits.max_json_depth
+    ):
+        raise _too_deep(limits)
 
 
 def _depth(value: Any) -> int:

@@ -14,7 +14,13 @@ Behaviour is chosen per request by directives in the requested model name, joine
   ``retry-after: 0``);
 - ``slow-<n>s`` / ``slow-<n>ms`` waits before answering;
 - ``drop`` closes the connection half-way through the response;
-- ``hang`` (streaming) sends one chunk, then waits until the client goes away.
+- ``hang`` (streaming) sends one chunk, then waits until the client goes away; (otherwise)
+  waits until the client goes away before answering anything;
+- ``usage-<kind>`` answers a bad ``usage`` (JSON body, or the usage chunk of a stream with
+  ``include_usage``): ``negative`` (-5), ``string`` ("abc"), ``huge`` (``1e400``), ``object``,
+  ``nan`` (``NaN``);
+- ``invalid-json`` answers 200 with ``{not json``; ``html`` answers 200 with an HTML page (as
+  ``text/event-stream`` on a stream request).
 
 The server counts requests and streams: ``statistics().streams_aborted`` counts streams whose
 client disconnected before the end, which is how a test proves a cancelled gateway request
@@ -48,6 +54,16 @@ __all__ = ["Directives", "RecordedRequest", "Upstream", "UpstreamStats", "runnin
 
 _SLOW = re.compile(r"^slow-(\d+(?:\.\d+)?)(ms|s)$")
 _FAIL = re.compile(r"^fail-(\d{3})$")
+_USAGE = re.compile(r"^usage-(negative|string|huge|object|nan)$")
+_BAD_USAGE: dict[str, str] = {
+    "negative": "-5",
+    "string": '"abc"',
+    "huge": "1e400",
+    "object": '{"tokens": 3}',
+    "nan": "NaN",
+}
+_HUGE = "__bad_usage_value__"
+HTML_PAGE = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +74,16 @@ class Directives:
     fail_status: int | None = None
     drop: bool = False
     hang: bool = False
+    bad_usage: str | None = None
+    bad_body: str | None = None
 
     @classmethod
     def parse(cls, model: str, headers: Mapping[str, str]) -> Directives:
         tokens = [t for t in model.split("+") if t]
         tokens += [t.strip() for t in headers.get("x-upstream-fault", "").split("+") if t.strip()]
         delay, fail, drop, hang = 0.0, None, False, False
+        bad_usage: str | None = None
+        bad_body: str | None = None
         for token in tokens:
             if m := _SLOW.match(token):
                 delay += float(m[1]) / (1000.0 if m[2] == "ms" else 1.0)
@@ -73,9 +93,20 @@ class Directives:
                 drop = True
             elif token == "hang":
                 hang = True
+            elif m := _USAGE.match(token):
+                bad_usage = m[1]
+            elif token in ("invalid-json", "html"):
+                bad_body = token
         if header_delay := headers.get("x-upstream-delay"):
             delay += float(header_delay)
-        return cls(delay=delay, fail_status=fail, drop=drop, hang=hang)
+        return cls(
+            delay=delay,
+            fail_status=fail,
+            drop=drop,
+            hang=hang,
+            bad_usage=bad_usage,
+            bad_body=bad_body,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +326,16 @@ class Upstream:
     async def _respond(
         self, request: web.Request, payload: Mapping[str, Any], directives: Directives
     ) -> web.StreamResponse:
-        data = json.dumps(payload).encode()
+        if directives.hang:
+            await self._closing.wait()
+            raise asyncio.CancelledError
+        if directives.bad_body == "invalid-json":
+            return web.Response(
+                body=b"{not json", content_type="application/json", headers=self._headers()
+            )
+        if directives.bad_body == "html":
+            return web.Response(body=HTML_PAGE, content_type="text/html", headers=self._headers())
+        data = _dumps(payload, directives)
         if not directives.drop:
             return web.Response(body=data, content_type="application/json", headers=self._headers())
         response = web.StreamResponse(headers=self._headers())
@@ -330,6 +370,11 @@ class Upstream:
         )
         await response.prepare(request)
         await self._bump("streams_started")
+        if directives.bad_body is not None:
+            await response.write(HTML_PAGE if directives.bad_body == "html" else b"{not json")
+            await response.write_eof()
+            await self._bump("streams_completed")
+            return response
         envelope = self._envelope("chat.completion.chunk" if chat else "text_completion", body)
         pieces = _split(reply, self.stream_chunks)
         try:
@@ -357,7 +402,8 @@ class Upstream:
             await _send(response, {**envelope, "choices": [last]})
             if (body.get("stream_options") or {}).get("include_usage"):
                 prompt = " ".join(_text_of(m.get("content")) for m in body.get("messages") or ())
-                await _send(response, {**envelope, "choices": [], "usage": _usage(prompt, reply)})
+                usage_chunk = {**envelope, "choices": [], "usage": _usage(prompt, reply)}
+                await response.write(b"data: " + _dumps(usage_chunk, directives) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
@@ -372,6 +418,16 @@ async def _shielded(coro: Any) -> None:
     # Counting must survive the cancellation that caused it.
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.shield(coro)
+
+
+def _dumps(payload: Mapping[str, Any], directives: Directives) -> bytes:
+    """``payload`` as JSON, its ``usage`` replaced by the bad value a directive asked for."""
+    if directives.bad_usage is None or "usage" not in payload:
+        return json.dumps(payload).encode()
+    bad = {**payload, "usage": {**payload["usage"], "prompt_tokens": _HUGE}}
+    bad["usage"]["completion_tokens"] = _HUGE
+    text = json.dumps(bad).replace(f'"{_HUGE}"', _BAD_USAGE[directives.bad_usage])
+    return text.encode()
 
 
 async def _send(response: web.StreamResponse, payload: Mapping[str, Any]) -> None:
