@@ -177,6 +177,9 @@ def test_the_listen_backlog_is_sized_for_the_inflight_cap() -> None:
 
 def serve(start_gateway: Any, tmp_path: Path, models: list[dict[str, Any]], **limits: Any) -> Any:
     config = write(tmp_path, models, **limits)
+    document = yaml.safe_load(config.read_text())
+    document["routeiq"]["drain"] = {"delay_s": 0, "timeout_s": 2}  # a quick stop at teardown
+    config.write_text(yaml.safe_dump(document))
     gateway: GatewayProcess = start_gateway("serve", args=["--config", str(config)])
     gateway.wait_ready()
     return gateway

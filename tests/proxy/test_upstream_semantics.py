@@ -86,23 +86,45 @@ async def chat(
         )
 
 
-@pytest.mark.parametrize(
-    ("fault", "status"),
-    [("fail-500", 502), ("fail-503", 502), ("fail-429", 429), ("drop", 502)],
-)
+FAILURES = {"fail-500": 502, "fail-503": 502, "fail-429": 429, "drop": 502}
+
+
 @pytest.mark.parametrize("retries", [0, 1])
 async def test_attempts_are_one_plus_the_configured_retries(
-    tmp_path: Path, upstream: Upstream, passthrough: bool, fault: str, status: int, retries: int
+    tmp_path: Path, upstream: Upstream, passthrough: bool, retries: int
 ) -> None:
-    response = await chat(
-        tmp_path,
-        upstream,
-        fault,
-        passthrough=passthrough,
-        router_settings={"num_retries": retries, "timeout": 10},
-    )
-    assert response.status_code == status, response.text
-    assert upstream.statistics().requests == 1 + retries
+    models = [deployment(fault, upstream.base_url, fault) for fault in FAILURES]
+    settings = {"num_retries": retries, "timeout": 10}
+    path = config(tmp_path, models, passthrough=passthrough, router_settings=settings)
+    async with running_app(GatewayApp(env={}, config_path=path)) as client:
+        for fault, status in FAILURES.items():
+            response = await client.post(
+                "/v1/chat/completions", json={"model": fault, **CHAT}, headers=AUTH
+            )
+            assert response.status_code == status, (fault, response.text)
+            hits = [r for r in upstream.requests if r.model == fault]
+            assert len(hits) == 1 + retries, fault
+
+
+async def test_a_fast_retry_avoids_the_deployment_that_failed(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    models = [
+        deployment("gpt", upstream.base_url, "fail-500"),
+        deployment("gpt", upstream.base_url, "gpt"),
+    ]
+    # No cooldowns: only the per-request exclusion keeps a retry off the failing deployment.
+    settings = {"num_retries": 1, "allowed_fails": 1000, "disable_cooldowns": True}
+    path = config(tmp_path, models, passthrough=True, router_settings=settings)
+    async with running_app(GatewayApp(env={}, config_path=path)) as client:
+        for _ in range(20):
+            response = await client.post(
+                "/v1/chat/completions", json={"model": "gpt", **CHAT}, headers=AUTH
+            )
+            assert response.status_code == 200, response.text
+    served = [r.model for r in upstream.requests]
+    assert served.count("gpt") == 20
+    assert 0 < served.count("fail-500") <= 20  # drawn first about half the time, never twice
 
 
 @pytest.mark.parametrize(("fault", "status"), [("fail-400", 400), ("fail-422", 400)])
@@ -212,29 +234,29 @@ BAD_USAGE = ["usage-negative", "usage-string", "usage-huge", "usage-object", "us
 LITELLM_REFUSES = {"usage-string", "usage-huge", "usage-object", "usage-nan"}
 
 
-@pytest.mark.parametrize("fault", BAD_USAGE)
 async def test_bad_usage_is_ignored_for_metrics_and_never_fatal(
-    tmp_path: Path, upstream: Upstream, passthrough: bool, fault: str
+    tmp_path: Path, upstream: Upstream, passthrough: bool
 ) -> None:
-    refused = not passthrough and fault in LITELLM_REFUSES
-    models = [deployment("gpt", upstream.base_url, f"gpt+{fault}")]
+    models = [deployment(fault, upstream.base_url, f"gpt+{fault}") for fault in BAD_USAGE]
     path = config(tmp_path, models, passthrough=passthrough, router_settings={"num_retries": 0})
     app = GatewayApp(env={}, config_path=path)
     async with running_app(app) as client:
-        plain = await client.post(
-            "/v1/chat/completions", json={"model": "gpt", **CHAT}, headers=AUTH
-        )
-        assert plain.status_code == (502 if refused else 200), plain.text
-        stream = {"model": "gpt", "stream": True, "stream_options": {"include_usage": True}}
-        async with client.stream(
-            "POST", "/v1/chat/completions", json={**stream, **CHAT}, headers=AUTH
-        ) as response:
-            assert response.status_code == 200
-            lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
-        # Never a cut stream: an in-band error event when litellm refused, then [DONE].
-        assert lines[-1] == "data: [DONE]"
-        errors = [line for line in lines if line.startswith('data: {"error"')]
-        assert len(errors) == (1 if refused else 0), lines
+        for fault in BAD_USAGE:
+            refused = not passthrough and fault in LITELLM_REFUSES
+            plain = await client.post(
+                "/v1/chat/completions", json={"model": fault, **CHAT}, headers=AUTH
+            )
+            assert plain.status_code == (502 if refused else 200), (fault, plain.text)
+            stream = {"model": fault, "stream": True, "stream_options": {"include_usage": True}}
+            async with client.stream(
+                "POST", "/v1/chat/completions", json={**stream, **CHAT}, headers=AUTH
+            ) as response:
+                assert response.status_code == 200
+                lines = [line async for line in response.aiter_lines() if line.startswith("data:")]
+            # Never a cut stream: an in-band error event when litellm refused, then [DONE].
+            assert lines[-1] == "data: [DONE]", (fault, lines)
+            errors = [line for line in lines if line.startswith('data: {"error"')]
+            assert len(errors) == (1 if refused else 0), (fault, lines)
         gateway = app.gateway
         assert gateway is not None and gateway.metrics is not None
         registry = gateway.metrics.registry
@@ -242,7 +264,7 @@ async def test_bad_usage_is_ignored_for_metrics_and_never_fatal(
             value = registry.get_sample_value("gateway_tokens_total", {"type": kind}) or 0.0
             assert math.isfinite(value) and value == 0.0, (kind, value)
         assert registry.get_sample_value("gateway_inflight_requests") == 0
-    assert upstream.statistics().requests == 2
+    assert upstream.statistics().requests == 2 * len(BAD_USAGE)
 
 
 async def test_a_non_ascii_api_base_is_a_502_not_a_500(tmp_path: Path, passthrough: bool) -> None:
