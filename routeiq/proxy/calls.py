@@ -172,21 +172,21 @@ class _Call:
         """The Router's pick for a fast attempt (avoiding deployments that failed this request,
         when there are others), or ``None`` to let litellm take over."""
         router = self.runtime.router
-        request = dict(kwargs)
-        for excluded in ([*failed], []) if failed else ([],):
+        for excluded in ([*dict.fromkeys(failed)], []) if failed else ([],):
+            request = dict(kwargs)
             if excluded:
                 request["_excluded_deployment_ids"] = excluded
             try:
                 deployment = await router.select(
                     kwargs["model"],
-                    dict(request),
+                    request,
                     messages=kwargs.get("messages"),
                     input=kwargs.get("input"),
                 )
             except Exception:  # no pick (cooldown, no capacity, all excluded)
                 continue
             if not isinstance(deployment, Mapping):
-                return None
+                continue  # nothing left once the failed ones are excluded
             target = Passthrough.target(deployment)
             return None if target is None else (deployment, target)
         return None

@@ -104,6 +104,8 @@ async def test_attempts_are_one_plus_the_configured_retries(
             assert response.status_code == status, (fault, response.text)
             hits = [r for r in upstream.requests if r.model == fault]
             assert len(hits) == 1 + retries, fault
+            if passthrough:  # the fast path made every attempt itself, none went to litellm
+                assert all("aiohttp" in r.headers.get("user-agent", "") for r in hits), fault
 
 
 async def test_a_fast_retry_avoids_the_deployment_that_failed(
