@@ -133,7 +133,7 @@ async def run(args: argparse.Namespace) -> None:
                 for fault in FAULTS:
                     for path_name in ("fast", "litellm"):
                         upstream.reset()
-                        body = {"model": f"{path_name}-{fault}", **CHAT}
+                        body: dict[str, Any] = {"model": f"{path_name}-{fault}", **CHAT}
                         answer, seconds = await post(url, body)
                         rows.append(
                             (
@@ -195,11 +195,11 @@ async def run(args: argparse.Namespace) -> None:
                 status = await raw_request(port, head, trickle=b" " * 120)
                 rows.append(("slow body, 1 byte/s", status, 0, time.monotonic() - started))
                 # A burst of concurrent connections past the in-flight cap.
-                body = json.dumps({"model": "mock", **CHAT}).encode()
+                payload = json.dumps({"model": "mock", **CHAT}).encode()
                 burst = (
                     "POST /v1/chat/completions HTTP/1.1\r\nhost: g\r\nconnection: close\r\n"
-                    f"authorization: Bearer {KEY}\r\ncontent-length: {len(body)}\r\n\r\n"
-                ).encode() + body
+                    f"authorization: Bearer {KEY}\r\ncontent-length: {len(payload)}\r\n\r\n"
+                ).encode() + payload
                 statuses: list[str] = []
                 started = time.monotonic()
 

@@ -31,7 +31,8 @@ __all__ = ["start_gateway"]
 KEY = "sk-master-key-123456"
 AUTH = {"authorization": f"Bearer {KEY}"}
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
-MOCK = {"model_name": "mock", "litellm_params": {"model": "openai/mock", "mock_response": "ok"}}
+MOCK_PARAMS: dict[str, Any] = {"model": "openai/mock", "mock_response": "ok"}
+MOCK: dict[str, Any] = {"model_name": "mock", "litellm_params": MOCK_PARAMS}
 
 
 def write(tmp_path: Path, models: list[dict[str, Any]], **limits: Any) -> Path:
@@ -218,7 +219,7 @@ async def test_a_body_trickling_in_is_cut_with_408(tmp_path: Path, start_gateway
 async def test_a_burst_past_the_cap_gets_503s_not_resets(
     tmp_path: Path, start_gateway: Any
 ) -> None:
-    slow = {"model_name": "mock", "litellm_params": {**MOCK["litellm_params"], "mock_delay": 1.0}}
+    slow = {"model_name": "mock", "litellm_params": {**MOCK_PARAMS, "mock_delay": 1.0}}
     gateway = serve(start_gateway, tmp_path, [slow], max_inflight=8)
     ss = await anyio.run_process(["ss", "-Hltn", f"sport = :{gateway.port}"])
     listening = ss.stdout.decode().split()
