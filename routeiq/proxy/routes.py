@@ -104,6 +104,11 @@ class _Api:
                 except ApiError as exc:
                     span.set_status_code(exc.status, exc.message)
                     response = exc.response()
+                except BaseException as exc:  # cancelled (the client left): counted, re-raised
+                    if metrics is not None:
+                        status = 500 if isinstance(exc, Exception) else 499
+                        _count(metrics, route, model_label, status, started)
+                    raise
                 else:
                     span.set_status_code(response.status_code)
                 if isinstance(response, StreamingResponse):

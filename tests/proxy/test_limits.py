@@ -283,3 +283,6 @@ async def test_clients_that_leave_cancel_their_upstream_calls(
     with anyio.fail_after(30):
         stats = await upstream.wait_for(lambda s: s.in_flight == 0)
     assert stats.requests == clients  # one attempt each, none retried after the client left
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        metrics = (await client.get("/metrics")).text
+    assert "gateway_inflight_requests 0.0" in metrics.splitlines()
