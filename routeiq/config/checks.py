@@ -3,9 +3,10 @@
 ``reference_problems`` runs inside every load (startup, ``check``, reload): fallbacks name
 defined models, ``api_base`` is an http(s) URL with an ASCII host. ``startup_problems`` is what
 ``serve`` would find later, run by ``check`` up front: hooks and services import and are
-callable, the routing strategy (and each A/B arm's) exists and accepts its options. Importing
+callable, the routing strategy (and each A/B arm's) exists and accepts its options, and
+litellm's Router accepts the deployments and router settings (this imports litellm). Importing
 hooks runs operator code, so it is never part of a hot reload (hooks cannot change then anyway).
-Messages never echo a value from the config.
+Messages never echo a secret: at most a model name.
 """
 
 from __future__ import annotations
@@ -112,7 +113,27 @@ def startup_problems(config: GatewayConfig) -> list[tuple[str, str]]:
         validate_routing(default_registry(), config)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    if not problems:
+        problems += _router_problems(config)
     return problems
+
+
+def _router_problems(config: GatewayConfig) -> list[tuple[str, str]]:
+    """Build (and retire) the Router ``serve`` would build: litellm's own checks."""
+    from routeiq.config.problems import scrub_fragments
+    from routeiq.routing.litellm_setup import build_router, import_litellm, retire_router
+    from routeiq.routing.registry import default_registry
+
+    try:
+        built = build_router(import_litellm(), config, default_registry())
+    except ConfigError as exc:
+        return [(path, scrub_fragments(m, config.secrets)) for path, m in exc.problems]
+    except Exception as exc:  # litellm refused the config in a way of its own
+        return [
+            ("model_list", scrub_fragments(f"rejected by litellm: {describe(exc)}", config.secrets))
+        ]
+    retire_router(built.router)
+    return []
 
 
 def _url_problem(value: Any) -> str | None:

@@ -47,15 +47,20 @@ def read_config_bytes(path: Path, *, origin: str = "config file") -> bytes:
         # O_NONBLOCK: opening a FIFO with no writer would otherwise wait for one.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise ConfigError([(origin, f"file not found: {path}")]) from None
+        raise ConfigError([(origin, f"file not found: {path}")], source=str(path)) from None
     except OSError as exc:
-        raise ConfigError([(origin, f"cannot read {path}: {_reason(exc)}")]) from None
+        raise ConfigError(
+            [(origin, f"cannot read {path}: {_reason(exc)}")], source=str(path)
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError([(origin, f"{path} is {_kind(info.st_mode)}, not a regular file")])
+            raise ConfigError(
+                [(origin, f"{path} is {_kind(info.st_mode)}, not a regular file")],
+                source=str(path),
+            )
         if info.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError([(origin, _too_large(path, info.st_size))])
+            raise ConfigError([(origin, _too_large(path, info.st_size))], source=str(path))
         chunks: list[bytes] = []
         size = 0
         while True:  # read past the limit by one chunk: the file may have grown since fstat
@@ -64,11 +69,13 @@ def read_config_bytes(path: Path, *, origin: str = "config file") -> bytes:
                 break
             size += len(chunk)
             if size > MAX_CONFIG_BYTES:
-                raise ConfigError([(origin, _too_large(path, size))])
+                raise ConfigError([(origin, _too_large(path, size))], source=str(path))
             chunks.append(chunk)
         return b"".join(chunks)
     except OSError as exc:
-        raise ConfigError([(origin, f"cannot read {path}: {_reason(exc)}")]) from None
+        raise ConfigError(
+            [(origin, f"cannot read {path}: {_reason(exc)}")], source=str(path)
+        ) from None
     finally:
         os.close(fd)
 
@@ -107,6 +114,8 @@ def parse_yaml(text: str, *, source: str) -> Any:
             return None
         _check_size(node, source)
         return loader.construct_document(node)
+    except ConfigError:
+        raise
     except yaml.MarkedYAMLError as exc:
         where = ""
         mark = exc.problem_mark
@@ -147,6 +156,7 @@ def _check_size(root: yaml.Node, source: str) -> None:
     # Iterative post-order walk: deep nesting must not exhaust the stack here either.
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     active: set[int] = set()
+    reached: set[int] = {id(root)}
     while stack:
         node, children_done = stack.pop()
         key = id(node)
@@ -171,13 +181,15 @@ def _check_size(root: yaml.Node, source: str) -> None:
                     [("", f"YAML alias at line {child.start_mark.line + 1} refers to itself")],
                     source=source,
                 )
-            if id(child) in sizes:
+            if id(child) in reached:  # a node reached again is an alias use
                 aliases += 1
                 if aliases > MAX_YAML_ALIASES:
                     raise ConfigError(
                         [("", f"YAML uses more than {MAX_YAML_ALIASES} aliases")], source=source
                     )
-                continue
+                if id(child) in sizes:
+                    continue
+            reached.add(id(child))
             stack.append((child, False))
 
 
