@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         "reference", help="print docs/configuration.md: every key, type, default, env override"
     )
     reference.set_defaults(run=_config_reference)
+    keys = config_sub.add_parser(
+        "litellm-keys", help="print the table of LiteLLM keys and what RouteIQ does with each"
+    )
+    keys.set_defaults(run=_litellm_keys)
 
     chart = sub.add_parser("statechart", help="print a statechart as Mermaid")
     chart.add_argument("name", nargs="?", default="gateway")
@@ -110,6 +114,13 @@ def _config_reference(args: argparse.Namespace) -> int:
     from routeiq.config.reference import render_reference
 
     sys.stdout.write(render_reference())
+    return 0
+
+
+def _litellm_keys(args: argparse.Namespace) -> int:
+    from routeiq.config.reference import render_key_table
+
+    sys.stdout.write(render_key_table())
     return 0
 
 

@@ -180,6 +180,8 @@ LITELLM_SETTINGS: dict[str, KeyRule] = {
             "success_callback",
             "failure_callback",
             "service_callback",
+            "service_callbacks",
+            "langfuse_default_tags",
             "input_callback",
             "_async_success_callback",
             "_async_failure_callback",
@@ -344,6 +346,17 @@ GENERAL_SETTINGS: dict[str, KeyRule] = {
     "spend_logs_metadata_fields": _SPEND_LOGS,
     "disable_auto_add_proxy_admin_to_teams": _UI,
     "user_api_key_cache_max_size": _DB,
+    # Older or undocumented proxy keys seen in real configs.
+    "proxy_batch_write_at": _DB,
+    "allow_requests_on_db_unavailable": _DB,
+    "disable_spend_logs": _SPEND_LOGS,
+    "key_management_settings": _ignored(
+        "no key management system", "os.environ/NAME references filled by your secret store"
+    ),
+    "litellm_key_header_name": _ignored(
+        "the master key is read from the Authorization: Bearer header", ""
+    ),
+    "enforce_user_param": _UI,
 }
 
 # Families of general_settings keys, by prefix: (prefix, rule).
@@ -364,7 +377,10 @@ GENERAL_FAMILIES: tuple[tuple[str, KeyRule], ...] = (
 
 SECTIONS = ("router_settings", "litellm_settings", "general_settings")
 
-_NOT_LITELLM = _ignored("not a LiteLLM general_settings key either (a typo?)")
+_NOT_LITELLM = _ignored(
+    "not a key RouteIQ knows: general_settings configure LiteLLM's proxy server, which "
+    "RouteIQ replaces"
+)
 _UNKNOWN_GLOBAL = _GLOBAL
 
 
