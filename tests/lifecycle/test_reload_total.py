@@ -69,12 +69,20 @@ def make_huge(path: Path) -> None:
         f.truncate(50 * 1024 * 1024)
 
 
+def make_non_utf8(path: Path) -> None:
+    path.write_bytes(path.read_bytes().replace(b"model_list", b"model_l\xefst", 1))
+
+
+def make_alias_bomb(path: Path) -> None:
+    path.write_text(ALIAS_BOMB)
+
+
 HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
     "non-utf8": (
-        lambda p: p.write_bytes(p.read_bytes().replace(b"model_list", b"model_l\xefst", 1)),
+        make_non_utf8,
         "not valid UTF-8: byte 0xef at line 1, column 8 (byte offset 7)",
     ),
-    "alias-bomb": (lambda p: p.write_text(ALIAS_BOMB), "YAML expands to more than"),
+    "alias-bomb": (make_alias_bomb, "YAML expands to more than"),
     "fifo": (make_fifo, "is a FIFO, not a regular file"),
     "directory": (make_directory, "is a directory, not a regular file"),
     "50MB": (make_huge, "is larger than 4194304 bytes"),
