@@ -393,7 +393,7 @@ def test_non_utf8_config_as_the_installed_script(tmp_path: Path, command: str) -
 def test_check_reports_what_serve_would_refuse(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = {
+    data: dict[str, Any] = {
         "model_list": [
             {
                 "model_name": "a",
