@@ -62,6 +62,7 @@ Limits on the file: at most {max_bytes} bytes, UTF-8, a regular file; its YAML a
 |---|---|
 | `ROUTEIQ_CONFIG` | the YAML file (else the embedded default: one offline mock model) |
 | `ROUTEIQ_HOST`, `ROUTEIQ_PORT` | `routeiq serve`'s bind address (default `127.0.0.1:4000`) |
+| `ROUTEIQ_WORKER_ID` | this worker's id in events, metrics and leadership (default: host-pid) |
 {env_rows}
 
 ## Keys

@@ -170,3 +170,59 @@ async def test_a_rejected_reload_leaks_no_fragment_of_a_secret(tmp_path: Path) -
         leaked = [f for f in fragments(UPSTREAM_KEY) if f in text]
         assert not leaked, f"{where} holds fragments of the key: {leaked[:3]}"
     assert json.loads(forced.text)["result"] == "rejected"
+
+
+async def test_startup_reads_the_config_the_same_way(tmp_path: Path) -> None:
+    """hypercorn's lifespan path: a hostile file fails startup with the loader's message."""
+    from routeiq.errors import ConfigError, StartupError
+    from tests.support.asgi import LifespanDriver
+
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"model_list: caf\xe9\n")
+    app = GatewayApp(env={}, config_path=path, exit_on_startup_failure=False)
+    driver = LifespanDriver(app)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(driver.run)
+        reply = await driver.startup()
+    driver.close()
+    assert reply["type"] == "lifespan.startup.failed"
+    error = app.startup_error
+    assert isinstance(error, StartupError) and isinstance(error.cause, ConfigError)
+    assert error.cause.render() == (
+        f"invalid configuration in {path}:\n"
+        "  not valid UTF-8: byte 0xe9 at line 1, column 16 (byte offset 15); save the file as UTF-8"
+    )
+    assert app.gateway is not None and app.gateway.state == "failed"
+
+
+async def test_a_litellm_config_starts_with_one_warning_per_ignored_key(tmp_path: Path) -> None:
+    data = config(["alpha"])
+    data["router_settings"] = {"redis_host": "os.environ/REDIS_HOST", "num_retries": 1}
+    data["litellm_settings"] = {"callbacks": ["prometheus"], "drop_params": True}
+    data["general_settings"] = {"database_url": "os.environ/DATABASE_URL", "alerting": ["slack"]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    app = GatewayApp(env={}, config_path=path)
+    async with running_app(app) as client:
+        gateway = app.gateway
+        assert gateway is not None
+        lifecycle = (await client.get("/_lifecycle")).json()
+        # A reload of the same kind of config warns again, for what it ignores.
+        data["general_settings"] = {"store_model_in_db": True}
+        path.write_text(yaml.safe_dump(data))
+        await wait_for(lambda: gateway.runtime is not None and gateway.runtime.revision == 2)
+    warnings = [
+        str(e.attributes["message"]).split(": ", 1)[0]
+        for e in gateway.events.events
+        if e.kind == EventKind.WARNING and e.component == "config"
+    ]
+    assert warnings == [
+        "router_settings.redis_host",
+        "litellm_settings.callbacks",
+        "general_settings.alerting",
+        "general_settings.database_url",
+        "router_settings.redis_host",
+        "litellm_settings.callbacks",
+        "general_settings.store_model_in_db",
+    ]
+    assert lifecycle["state"] == "serving"
