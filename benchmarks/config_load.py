@@ -37,14 +37,14 @@ def deployments(count: int) -> str:
     return "model_list:\n" + "".join(DEPLOYMENT.format(i=i, j=i % 250) for i in range(count))
 
 
-def write(directory: Path, name: str, make: Callable[[Path], None]) -> Path:
+def write(directory: Path, name: str, make: Callable[[Path], object]) -> Path:
     path = directory / name
     make(path)
     return path
 
 
 def cases(directory: Path) -> list[tuple[str, Path]]:
-    def text(content: str) -> Callable[[Path], None]:
+    def text(content: str) -> Callable[[Path], object]:
         return lambda p: p.write_text(content)
 
     def huge(p: Path) -> None:

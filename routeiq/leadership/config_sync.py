@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,12 +49,16 @@ def _read(path: Path) -> str | None:
 class FileWatcher:
     """Every worker: re-read the config file when it changes and hot-swap (local backend).
 
-    Reading, decoding, parsing and validating run in a worker thread. Every outcome is
-    ``applied``, ``unchanged`` or ``rejected`` with reasons: an unreadable or invalid file is
-    one ``config`` rejection event, the old config keeps serving, and the same content (or, for
-    an unreadable file, the same error and file status) is not retried until it changes or a
-    reload is forced.
+    Each poll is one ``stat`` on the event loop; only when the file's status changed (or is too
+    recent to trust, as git treats "racy" entries) is the file read, decoded, parsed and
+    validated, in a worker thread. Every outcome is ``applied``, ``unchanged`` or ``rejected``
+    with reasons: an unreadable or invalid file is one ``config`` rejection event, the old
+    config keeps serving, and the same content (or, for an unreadable file, the same error and
+    file status) is not retried until it changes or a reload is forced.
     """
+
+    # A file modified this recently may change again within the same timestamp tick.
+    RACY_S = 1.0
 
     def __init__(
         self, reloader: Reloader, path: Path, *, poll_s: float, sleep: Sleep = anyio.sleep
@@ -63,10 +68,11 @@ class FileWatcher:
         self._poll_s = poll_s
         self._sleep = sleep
         self._seen: str | None = None
+        self._status: str | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        # What is running now was loaded from this file: only a change is news.
-        self._seen = (await self._snapshot())[0]
+        # What is running was loaded from this file: its digest is the content already seen.
+        self._seen = self._reloader.running_digest()
         task_status.started()
         while True:
             await self._sleep(self._poll_s)
@@ -74,7 +80,11 @@ class FileWatcher:
 
     async def check(self, *, force: bool) -> ReloadResult | None:
         """Reload if the file changed (always, with ``force``); ``None`` if nothing changed."""
-        key, data, error = await self._snapshot()
+        status, racy = _status(self._path, self.RACY_S)
+        if status == self._status and not racy and not force:
+            return None
+        self._status = status
+        key, data, error = await self._snapshot(status)
         if key == self._seen and not force:
             return None
         self._seen = key
@@ -82,22 +92,25 @@ class FileWatcher:
             return self._reloader.reject(digest_of(key), error or "unreadable", origin="file")
         return await self._reloader.apply(data, revision=None, origin="file")
 
-    async def _snapshot(self) -> tuple[str, bytes | None, ConfigError | None]:
+    async def _snapshot(self, status: str) -> tuple[str, bytes | None, ConfigError | None]:
         """``(change key, content, read error)``: the key is the content's digest, or the read
         error with the file's status, so a fixed or replaced file is noticed."""
         try:
             data = await anyio.to_thread.run_sync(read_config_bytes, self._path)
         except ConfigError as exc:
-            return f"{exc.render()}|{_status(self._path)}", None, exc
+            return f"{exc.render()}|{status}", None, exc
         return digest_of(data), data, None
 
 
-def _status(path: Path) -> str:
+def _status(path: Path, racy_s: float) -> tuple[str, bool]:
+    """The file's status as a string, and whether it was modified too recently to trust."""
     try:
         info = path.stat()
     except OSError as exc:
-        return f"stat failed: {exc.errno}"
-    return f"{info.st_mode}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+        return f"stat failed: {exc.errno}", False
+    status = f"{info.st_mode}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+    racy = time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) < racy_s * 1e9
+    return status, racy
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,11 @@ class Reloader:
             return None
         return Path(runtime.config.source)
 
+    def running_digest(self) -> str | None:
+        """The digest of the config being served (of its source text)."""
+        runtime = self._gateway.runtime
+        return None if runtime is None else runtime.digest
+
     def parse(self, text: str | bytes, source: str) -> GatewayConfig:
         """The config in ``text`` (raw bytes are decoded as UTF-8); only ``ConfigError``."""
         if isinstance(text, bytes):
