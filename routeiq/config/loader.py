@@ -1,6 +1,10 @@
 """Load a ``GatewayConfig`` from YAML (or the embedded default) and ``ROUTEIQ_*`` env vars.
 
-The loader reports every problem it finds, each with its path, in one ``ConfigError``. It
+The loader reports every problem it finds, each with its path, in one ``ConfigError``, and
+raises nothing else for any file content (reading and parsing are bounded, see
+``routeiq.config.source``); no message quotes an input value. ``routeiq check``, ``serve``,
+the ASGI lifespan and hot reload all load through here. LiteLLM keys RouteIQ does not support
+are dropped and listed in ``GatewayConfig.warnings`` (see ``routeiq.config.litellm_keys``). It
 reads only the env mapping and the file it is given, so tests pass both explicitly.
 """
 
