@@ -185,7 +185,9 @@ def _resolve_env_refs(
     return node
 
 
-_SECRET_NAME = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"secret|passw|credential|api_?key|access_key|(^|_)key$|(^|_)token$", re.IGNORECASE
+)
 
 
 def _secret_like_values(node: Any, secrets: set[str]) -> None:

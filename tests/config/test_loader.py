@@ -512,3 +512,26 @@ def test_config_error_is_a_value_error_and_a_gateway_error() -> None:
     assert ConfigError("plain").problems == (("", "plain"),)
     with pytest.raises(ValueError, match="unknown field"):
         parse_config({"model_list": [MODEL], "x": 1}, {}, source="t")
+
+
+def test_literal_values_under_secret_sounding_keys_become_secrets() -> None:
+    data = {
+        "model_list": [
+            {
+                "model_name": "b",
+                "litellm_params": {
+                    "model": "bedrock/x",
+                    "aws_secret_access_key": "aws-secret-value-1",
+                    "aws_session_token": "aws-session-token-1",
+                    "client_secret": "client-secret-1",
+                    "max_tokens": 100,
+                    "tenant_id": "tenant-not-secret",
+                },
+            }
+        ],
+        "routeiq": {"leadership": {"key_prefix": "/routeiq-prefix"}},
+    }
+    secrets = parse_config(data, {}, source="t").secrets
+    assert {"aws-secret-value-1", "aws-session-token-1", "client-secret-1"} <= secrets
+    assert "tenant-not-secret" not in secrets
+    assert "/routeiq-prefix" not in secrets
