@@ -1,4 +1,5 @@
-"""The ``routeiq`` command: ``serve``, ``check``, ``statechart`` and ``events replay``.
+"""The ``routeiq`` command: ``serve``, ``check``, ``config reference``, ``statechart`` and
+``events replay``.
 
 Errors an operator can fix are printed as readable messages (never a traceback) with a
 non-zero exit: 2 for invalid input (config, event log) and for usage errors (argparse's
@@ -32,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="routeiq", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="routeiq", description="The routeiq command.")
+    parser.add_argument("--version", action="version", version=f"routeiq {_version()}")
     parser.set_defaults(command=None)
     sub = parser.add_subparsers(dest="command")
 
@@ -44,9 +46,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(os.environ.get("ROUTEIQ_PORT", "4000")))
     serve.set_defaults(run=_serve)
 
-    check = sub.add_parser("check", help="validate a config file: prints OK or every error")
+    check = sub.add_parser(
+        "check", help="validate a config file as serve would: prints OK or every error"
+    )
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat ignored LiteLLM keys as errors (exit 2)",
+    )
     check.set_defaults(run=_check)
+
+    config = sub.add_parser("config", help="config tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    reference = config_sub.add_parser(
+        "reference", help="print docs/configuration.md: every key, type, default, env override"
+    )
+    reference.set_defaults(run=_config_reference)
+    keys = config_sub.add_parser(
+        "litellm-keys", help="print the table of LiteLLM keys and what RouteIQ does with each"
+    )
+    keys.set_defaults(run=_litellm_keys)
 
     chart = sub.add_parser("statechart", help="print a statechart as Mermaid")
     chart.add_argument("name", nargs="?", default="gateway")
@@ -68,18 +88,46 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from routeiq.config.checks import startup_problems
     from routeiq.config.loader import load_config
 
     try:
         config = load_config(os.environ, args.file)
+        problems = startup_problems(config)
+        if args.strict:
+            problems += list(config.warnings)
+        if problems:
+            raise ConfigError(sorted(set(problems)), source=str(args.file))
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_INVALID
+    for path, message in config.warnings:
+        print(f"warning: {path}: {message}", file=sys.stderr)
     print(
         f"OK: {args.file} ({len(config.model_list)} deployments, "
         f"models: {', '.join(config.model_names)})"
     )
     return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from routeiq.config.reference import render_reference
+
+    sys.stdout.write(render_reference())
+    return 0
+
+
+def _litellm_keys(args: argparse.Namespace) -> int:
+    from routeiq.config.reference import render_key_table
+
+    sys.stdout.write(render_key_table())
+    return 0
+
+
+def _version() -> str:
+    from routeiq import __version__
+
+    return __version__
 
 
 def _statechart(args: argparse.Namespace) -> int:

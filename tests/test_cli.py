@@ -328,3 +328,172 @@ def test_replay_of_an_empty_or_missing_log(
     missing = tmp_path / "missing.jsonl"
     assert main(["events", "replay", str(missing)]) == 2
     assert capsys.readouterr().err == f"routeiq: no such event log: {missing}\n"
+
+
+# --- hostile config files: check and serve share the loader and its messages ---
+
+
+def _hostile(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    from tests.config.hostile import ALIAS_BOMB
+
+    path = tmp_path / "hostile.yaml"
+    if kind == "non-utf8":
+        path.write_bytes(b'model_list: []\nrouteiq: {log_level: "caf\xe9"}\n')
+        return path, "not valid UTF-8: byte 0xe9 at line 2, column 26 (byte offset 40)"
+    if kind == "alias-bomb":
+        path.write_text(ALIAS_BOMB)
+        return path, "YAML expands to more than 200000 nodes"
+    if kind == "directory":
+        path.mkdir()
+        return path, "is a directory, not a regular file"
+    if kind == "fifo":
+        os.mkfifo(path)
+        return path, "is a FIFO, not a regular file"
+    with path.open("wb") as f:
+        f.truncate(50 * 1024 * 1024)
+    return path, "is larger than 4194304 bytes"
+
+
+HOSTILE_KINDS = ["non-utf8", "alias-bomb", "directory", "fifo", "50MB"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", HOSTILE_KINDS)
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_hostile_config_exits_2_with_one_readable_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, kind: str
+) -> None:
+    path, expected = _hostile(tmp_path, kind)
+    args = ["check", str(path)] if command == "check" else ["serve", "--config", str(path)]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert expected in err
+    assert "Traceback" not in err
+    head = "invalid configuration in" if command == "check" else "routeiq: invalid configuration"
+    assert err.startswith(head)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_non_utf8_config_as_the_installed_script(tmp_path: Path, command: str) -> None:
+    path, expected = _hostile(tmp_path, "non-utf8")
+    script = Path(sys.executable).with_name("routeiq")
+    args = ["check", str(path)] if command == "check" else ["serve", "--config", str(path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEIQ_")}
+    done = subprocess.run([str(script), *args], capture_output=True, text=True, env=env, timeout=50)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- check knows what serve knows ---
+
+
+def test_check_reports_what_serve_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data: dict[str, Any] = {
+        "model_list": [
+            {
+                "model_name": "a",
+                "litellm_params": {"model": "openai/a", "api_base": "https://…/v1"},
+            },
+            {"model_name": "b", "litellm_params": {"model": "openai/b", "api_base": "localhost"}},
+        ],
+        "router_settings": {"fallbacks": [{"a": ["b", "ghost"]}], "default_fallbacks": ["nope"]},
+        "routeiq": {
+            "hooks": [{"phase": "patch", "call": "no_such_pkg.hooks:warm"}],
+            "services": [{"name": "s", "call": "tests.support.hooks:missing_attr"}],
+            "routing": {"strategy": "no-such-strategy"},
+        },
+    }
+    path = write_yaml(tmp_path, data, "c.yaml")
+    assert main(["check", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"invalid configuration in {path}:"
+    by_path = {line.strip().split(": ", 1)[0]: line.strip().split(": ", 1)[1] for line in lines[1:]}
+    assert by_path["model_list[0].litellm_params.api_base"].endswith(
+        "the host has non-ASCII characters (use its punycode form)"
+    )
+    assert by_path["model_list[1].litellm_params.api_base"].endswith(
+        "the scheme is not http or https"
+    )
+    assert by_path["router_settings.fallbacks[0].a[1]"] == "names no model in model_list: 'ghost'"
+    assert by_path["router_settings.default_fallbacks[0]"] == (
+        "names no model in model_list: 'nope'"
+    )
+    # The schema is fine now: the next check finds what serve's later phases would.
+    data["model_list"][0]["litellm_params"]["api_base"] = "https://api.example.com/v1"
+    data["model_list"][1]["litellm_params"]["api_base"] = "http://127.0.0.1:9/v1"
+    data["router_settings"] = {"fallbacks": [{"a": ["b"]}]}
+    path = write_yaml(tmp_path, data, "c.yaml")
+    assert main(["check", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()[1:]
+    assert lines[0].startswith("  routeiq.hooks[0].call: cannot import module 'no_such_pkg.hooks'")
+    assert lines[1] == "  routeiq.routing.strategy: unknown strategy 'no-such-strategy'" or (
+        lines[1].startswith("  routeiq.routing")
+    )
+    assert lines[-1] == (
+        "  routeiq.services[0].call: 'tests.support.hooks' has no attribute 'missing_attr'"
+    )
+
+
+def test_check_warns_about_ignored_litellm_keys_and_strict_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m"}}],
+        "router_settings": {"redis_host": "os.environ/REDIS_HOST_UNSET", "num_retries": 1},
+        "litellm_settings": {"success_callback": ["prometheus", "langfuse"], "drop_params": True},
+        "general_settings": {"database_url": "os.environ/DATABASE_URL_UNSET"},
+    }
+    path = write_yaml(tmp_path, data, "litellm.yaml")
+    assert main(["check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"OK: {path} (1 deployments")
+    warnings = err.splitlines()
+    assert [w.split(": ", 2)[1] for w in warnings] == [
+        "router_settings.redis_host",
+        "litellm_settings.success_callback",
+        "general_settings.database_url",
+    ]
+    assert all(w.startswith("warning: ") and "not supported, ignored: " in w for w in warnings)
+    assert "prometheus -> GET /metrics" in warnings[1]
+    assert main(["check", "--strict", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"invalid configuration in {path}:"
+    assert len(err.splitlines()) == 4
+
+
+# --- basics ---
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from routeiq import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"routeiq {__version__}\n"
+
+
+def test_python_dash_m_routeiq_is_the_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "routeiq", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("routeiq ")
+
+
+def test_version_matches_the_package_metadata() -> None:
+    import tomllib
+
+    from routeiq import __version__
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert __version__ == project["version"]

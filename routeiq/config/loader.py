@@ -1,6 +1,10 @@
 """Load a ``GatewayConfig`` from YAML (or the embedded default) and ``ROUTEIQ_*`` env vars.
 
-The loader reports every problem it finds, each with its path, in one ``ConfigError``. It
+The loader reports every problem it finds, each with its path, in one ``ConfigError``, and
+raises nothing else for any file content (reading and parsing are bounded, see
+``routeiq.config.source``); no message quotes an input value. ``routeiq check``, ``serve``,
+the ASGI lifespan and hot reload all load through here. LiteLLM keys RouteIQ does not support
+are dropped and listed in ``GatewayConfig.warnings`` (see ``routeiq.config.litellm_keys``). It
 reads only the env mapping and the file it is given, so tests pass both explicitly.
 """
 
@@ -9,14 +13,24 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from routeiq.config.checks import reference_problems
+from routeiq.config.litellm_keys import (
+    LITELLM_SETTINGS,
+    ROUTER_SETTINGS,
+    SECTIONS,
+    classify,
+    describe_ignored,
+)
 from routeiq.config.model import GatewayConfig
+from routeiq.config.problems import path_of, validation_problems
+from routeiq.config.source import decode_config, parse_yaml, read_config_bytes
 from routeiq.errors import ConfigError
 
 __all__ = [
@@ -26,6 +40,7 @@ __all__ = [
     "embedded_default",
     "load_config",
     "parse_config",
+    "parse_config_bytes",
     "parse_config_text",
 ]
 
@@ -45,31 +60,12 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], str]] = {
     "ROUTEIQ_METRICS_MULTIPROC_DIR": (("routeiq", "metrics", "multiproc_dir"), "str"),
 }
 
-# RouteIQ never sets litellm's module globals (another app in the process would see them), so
-# only the litellm_settings that can be applied per call are accepted.
-SUPPORTED_LITELLM_SETTINGS = frozenset({"drop_params", "num_retries", "request_timeout"})
+# What RouteIQ applies of LiteLLM's sections (see routeiq.config.litellm_keys for every key).
+SUPPORTED_LITELLM_SETTINGS = frozenset(
+    k for k, rule in LITELLM_SETTINGS.items() if rule.status == "applied"
+)
 SUPPORTED_ROUTER_SETTINGS = frozenset(
-    {
-        "routing_strategy",
-        "routing_strategy_args",
-        "num_retries",
-        "retry_after",
-        "timeout",
-        "stream_timeout",
-        "fallbacks",
-        "context_window_fallbacks",
-        "content_policy_fallbacks",
-        "default_fallbacks",
-        "allowed_fails",
-        "allowed_fails_policy",
-        "cooldown_time",
-        "disable_cooldowns",
-        "retry_policy",
-        "model_group_alias",
-        "enable_pre_call_checks",
-        "default_max_parallel_requests",
-        "max_fallbacks",
-    }
+    k for k, rule in ROUTER_SETTINGS.items() if rule.status == "applied"
 )
 
 _EMBEDDED_DEFAULT: dict[str, Any] = {
@@ -99,29 +95,22 @@ def load_config(env: Mapping[str, str], path: Path | None = None) -> GatewayConf
     if path is None:
         default = parse_config(embedded_default(), env, source="<embedded default>")
         return default.model_copy(update={"digest": _digest(json.dumps(embedded_default()))})
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([(origin, f"file not found: {path}")]) from None
-    except OSError as exc:
-        raise ConfigError([(origin, f"cannot read {path}: {exc.strerror}")]) from None
-    return parse_config_text(text, env, source=source)
+    return parse_config_bytes(read_config_bytes(path, origin=origin), env, source=str(path))
+
+
+def parse_config_bytes(data: bytes, env: Mapping[str, str], *, source: str) -> GatewayConfig:
+    """The config in a file's raw content: decoded as UTF-8, then ``parse_config_text``."""
+    return parse_config_text(decode_config(data, source=source), env, source=source)
 
 
 def parse_config_text(text: str, env: Mapping[str, str], *, source: str) -> GatewayConfig:
-    """The config in YAML ``text`` (a file's content), with its digest; used at startup and
-    by hot reload alike."""
+    """The config in YAML ``text`` (a file's content), with its digest; used at startup, by
+    ``routeiq check`` and by hot reload alike. Raises only ``ConfigError``."""
+    data = parse_yaml(text, source=source)
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise ConfigError([("", f"YAML syntax error{where}: {problem}")], source=source) from None
-    config = parse_config({} if data is None else data, env, source=source)
+        config = parse_config({} if data is None else data, env, source=source)
+    except RecursionError:
+        raise ConfigError([("", "the config is nested too deeply")], source=source) from None
     return config.model_copy(update={"digest": _digest(text)})
 
 
@@ -136,7 +125,12 @@ def parse_config(data: object, env: Mapping[str, str], *, source: str) -> Gatewa
         # so they are only a source for this config's ``os.environ/NAME`` references.
         env = {**env, **{str(k): str(v) for k, v in declared.items()}}
         secrets.update(str(v) for v in declared.values() if len(str(v)) >= 8)
+    # Ignored LiteLLM keys go first: their env references need not be set.
+    data = {k: dict(v) if k in SECTIONS and isinstance(v, dict) else v for k, v in data.items()}
+    section_problems, warnings = _litellm_sections(data)
+    problems += section_problems
     resolved = _resolve_env_refs(data, env, (), problems, secrets)
+    _secret_like_values(resolved, secrets)
     _apply_env_overrides(resolved, env)
     general = resolved.get("general_settings")
     if isinstance(general, dict) and general.get("master_key"):
@@ -145,21 +139,14 @@ def parse_config(data: object, env: Mapping[str, str], *, source: str) -> Gatewa
         master_key = general.pop("master_key")
         if isinstance(routeiq, dict):
             routeiq.setdefault("master_key", master_key)
-    problems += _check_sections(resolved)
+    problems += reference_problems(resolved)
     config: GatewayConfig | None = None
     try:
         config = GatewayConfig.model_validate(resolved)
     except ValidationError as exc:
-        errors = exc.errors()
-        locs = [tuple(err["loc"]) for err in errors]
         reported = {path for path, _ in problems}
-        for err, loc in zip(errors, locs, strict=True):
-            # A list whose items failed also fails its own length check; report the items only.
-            if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
-                continue
-            if _path(loc) in reported:  # already explained (a missing env reference)
-                continue
-            problems.append((_path(loc), _message(err)))
+        # A path already explained (a missing env reference) is not reported twice.
+        problems += [p for p in validation_problems(exc) if p[0] not in reported]
     if problems or config is None:
         raise ConfigError(sorted(set(problems)), source=source)
     secrets.update(k for k in (config.master_key, config.admin_key) if k)
@@ -167,7 +154,9 @@ def parse_config(data: object, env: Mapping[str, str], *, source: str) -> Gatewa
         api_key = getattr(deployment.litellm_params, "api_key", None)
         if isinstance(api_key, str) and api_key:
             secrets.add(api_key)
-    return config.model_copy(update={"source": source, "secrets": frozenset(secrets)})
+    return config.model_copy(
+        update={"source": source, "secrets": frozenset(secrets), "warnings": tuple(warnings)}
+    )
 
 
 def _resolve_env_refs(
@@ -189,11 +178,32 @@ def _resolve_env_refs(
     if isinstance(node, str) and node.startswith(ENV_REF_PREFIX):
         name = node[len(ENV_REF_PREFIX) :]
         if name not in env:
-            problems.append((_path(path), f"environment variable {name} is not set"))
+            problems.append((path_of(path), f"environment variable {name} is not set"))
             return None
         secrets.add(env[name])
         return env[name]
     return node
+
+
+_SECRET_NAME = re.compile(
+    r"secret|passw|credential|api_?key|access_key|(^|_)key$|(^|_)token$", re.IGNORECASE
+)
+
+
+def _secret_like_values(node: Any, secrets: set[str]) -> None:
+    """Literal strings under secret-sounding keys (``api_key``, ``client_secret``,
+    ``aws_secret_access_key``…) are secrets too: redacted wherever they could appear."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if isinstance(value, str) and _SECRET_NAME.search(str(key)):
+                    secrets.add(value)
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, (dict, list)))
 
 
 def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -213,43 +223,32 @@ def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
         node[path[-1]] = value
 
 
-def _check_sections(data: dict[str, Any]) -> list[tuple[str, str]]:
+def _litellm_sections(
+    data: dict[str, Any],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Errors (keys in no LiteLLM schema where litellm would refuse them) and warnings (keys
+    RouteIQ does not support, removed from ``data`` so that nothing half-applies them)."""
     problems: list[tuple[str, str]] = []
-    for section, allowed in (
-        ("litellm_settings", SUPPORTED_LITELLM_SETTINGS),
-        ("router_settings", SUPPORTED_ROUTER_SETTINGS),
-    ):
+    warnings: list[tuple[str, str]] = []
+    for section in SECTIONS:
         value = data.get(section)
         if not isinstance(value, dict):
             continue
-        for key in sorted(set(value) - allowed):
-            problems.append(
-                (
-                    f"{section}.{key}",
-                    f"not supported by RouteIQ; supported: {', '.join(sorted(allowed))}",
+        warnings += describe_ignored(section, value)
+        for key in list(value):
+            rule = classify(section, str(key))
+            if rule is None:
+                problems.append(
+                    (
+                        f"{section}.{key}",
+                        "not a litellm.Router setting (a typo?); the settings RouteIQ applies: "
+                        "docs/migrating-from-litellm.md",
+                    )
                 )
-            )
-    return problems
+            elif rule.status == "ignored":
+                del value[key]
+    return problems, warnings
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _path(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "<root>"
-
-
-def _message(err: Any) -> str:
-    message = str(err.get("msg", "invalid"))
-    if err.get("type") == "extra_forbidden":
-        return "unknown field"
-    if err.get("type") == "too_short":
-        return "must not be empty"
-    return message.removeprefix("Value error, ")

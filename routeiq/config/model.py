@@ -226,6 +226,8 @@ class GatewayConfig(BaseModel):
     source: str = Field(default="<embedded default>", exclude=True)
     secrets: frozenset[str] = Field(default_factory=frozenset, exclude=True, repr=False)
     digest: str = Field(default="", exclude=True, description="sha256 of the source text")
+    # LiteLLM keys RouteIQ ignores, as (path, reason and what to use instead); not YAML keys.
+    warnings: tuple[tuple[str, str], ...] = Field(default=(), exclude=True)
 
     @property
     def model_names(self) -> tuple[str, ...]:

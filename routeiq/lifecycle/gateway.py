@@ -240,6 +240,10 @@ class Gateway:
             # Not on the undo stack: the sink must outlive the unwinding to record the final
             # transition; ``run`` closes it last.
             self._sink = sink
+        for path, message in config.warnings:  # LiteLLM keys RouteIQ ignores, one event each
+            self.events.append(
+                EventKind.WARNING, component="config", attributes={"message": f"{path}: {message}"}
+            )
         if config.master_key is None:
             self.events.append(
                 EventKind.WARNING,

@@ -4,20 +4,26 @@
 from it), and only then replaces ``gateway.runtime`` in one assignment: requests in flight keep
 the Runtime they started with. A config that fails anywhere is rejected: the old one keeps
 serving, a ``config`` event and ``gateway_config_reloads_total{result="rejected"}`` record it,
-and the revision does not move. Settings that only a restart can apply (leadership, event log,
+and the revision does not move. Reading and parsing run in a worker thread (a large or hostile
+file never stalls the event loop), and a rejection's reasons never hold a fragment of a secret
+(see ``routeiq.config.problems``). Settings that only a restart can apply (leadership, event log,
 drain, supervisor, hooks, services, metrics) make a reload rejected, not half-applied.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from routeiq.config.loader import parse_config_text
+import anyio
+
+from routeiq.config.loader import parse_config_bytes, parse_config_text
 from routeiq.config.model import GatewayConfig
+from routeiq.config.problems import scrub_fragments
 from routeiq.errors import ConfigError, describe
 from routeiq.lifecycle.events import EventKind
 from routeiq.lifecycle.runtime import Runtime
@@ -33,8 +39,9 @@ RELOADABLE_ROUTEIQ_FIELDS = frozenset(
 )
 
 
-def digest_of(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def digest_of(text: str | bytes) -> str:
+    """sha256 of a config's bytes (of its UTF-8 encoding when given text)."""
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +72,18 @@ class Reloader:
             return None
         return Path(runtime.config.source)
 
-    def parse(self, text: str, source: str) -> GatewayConfig:
+    def running_digest(self) -> str | None:
+        """The digest of the config being served (of its source text)."""
+        runtime = self._gateway.runtime
+        return None if runtime is None else runtime.digest
+
+    def parse(self, text: str | bytes, source: str) -> GatewayConfig:
+        """The config in ``text`` (raw bytes are decoded as UTF-8); only ``ConfigError``."""
+        if isinstance(text, bytes):
+            return parse_config_bytes(text, self._env, source=source)
         return parse_config_text(text, self._env, source=source)
 
-    def validate(self, text: str, source: str) -> GatewayConfig:
+    def validate(self, text: str | bytes, source: str) -> GatewayConfig:
         """The config in ``text`` if the running gateway could switch to it, else ConfigError."""
         from routeiq.routing.litellm_setup import build_router, retire_router
 
@@ -78,8 +93,9 @@ class Reloader:
         retire_router(build_router(self._litellm, config, self._gateway.strategies).router)
         return config
 
-    async def apply(self, text: str, *, revision: int | None, origin: str) -> ReloadResult:
-        """Switch to ``text`` (at ``revision``, default current + 1); never raises ConfigError."""
+    async def apply(self, text: str | bytes, *, revision: int | None, origin: str) -> ReloadResult:
+        """Switch to ``text`` (at ``revision``, default current + 1): ``applied``,
+        ``unchanged`` or ``rejected`` with reasons; never raises for any content."""
         from routeiq.proxy.passthrough import passthrough_applies
         from routeiq.routing.litellm_setup import build_router, retire_router, validate_routing
 
@@ -104,20 +120,24 @@ class Reloader:
             return ReloadResult(
                 "unchanged", gateway.runtime.revision if gateway.runtime else 0, digest
             )
+        config: GatewayConfig | None = None
         try:
-            config = self.parse(text, current.config.source)
+            config = await anyio.to_thread.run_sync(self.parse, text, current.config.source)
             self._check_reloadable(config)
             validate_routing(gateway.strategies, config)
             built = build_router(self._litellm, config, gateway.strategies)
         except Exception as exc:  # any failure: the old config keeps serving
-            error = describe(exc)
-            self.record_rejected(digest, error, origin=origin)
-            return ReloadResult("rejected", current.revision, digest, error)
+            secrets = current.config.secrets | (config.secrets if config is not None else set())
+            return self.reject(digest, exc, origin=origin, secrets=secrets)
         gateway.events.redactor.add(config.secrets)
         fast_path = passthrough_applies(config, callback_free=built.callback_free)
         gateway.runtime = Runtime(config, built.router, new_revision, fast_path, digest)
         # Requests in flight keep using the old Router; retiring only drops its global hooks.
         retire_router(current.router)
+        for path, message in config.warnings:
+            gateway.events.append(
+                EventKind.WARNING, component="config", attributes={"message": f"{path}: {message}"}
+            )
         gateway.events.append(
             EventKind.CONFIG,
             trigger="applied",
@@ -129,6 +149,22 @@ class Reloader:
             },
         )
         return ReloadResult("applied", new_revision, digest)
+
+    def reject(
+        self,
+        digest: str,
+        error: BaseException | str,
+        *,
+        origin: str,
+        secrets: Iterable[str] = (),
+    ) -> ReloadResult:
+        """Record a rejected config (the running one keeps serving) and say why."""
+        current = self._gateway.runtime
+        known = {*secrets, *(() if current is None else current.config.secrets)}
+        text = error if isinstance(error, str) else describe(error)
+        message = scrub_fragments(text, known)
+        self.record_rejected(digest, message, origin=origin)
+        return ReloadResult("rejected", 0 if current is None else current.revision, digest, message)
 
     def record_rejected(self, digest: str, error: str, *, origin: str) -> None:
         current = self._gateway.runtime

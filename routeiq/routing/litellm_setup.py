@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from pydantic import ValidationError
+
 from routeiq.config.model import GatewayConfig, thaw
+from routeiq.config.problems import validation_problems
 from routeiq.errors import ConfigError
 from routeiq.routing.registry import StrategyRegistry
 from routeiq.routing.strategies import NeedsNativeStrategy
@@ -87,8 +90,11 @@ def build_router(
     """A new ``litellm.Router`` for ``config`` with its routing strategy installed."""
     model_list = _model_list(config)
     settings = thaw(config.router_settings)
+    _check_deployments(model_list)
     try:
         router = litellm.Router(model_list=model_list, **settings)
+    except ValidationError as exc:  # its text would echo input values: keep path and message
+        raise ConfigError(validation_problems(exc, prefix=("router_settings",))) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError([("router_settings", f"rejected by litellm.Router: {exc}")]) from exc
     routing = config.routeiq.routing
@@ -102,6 +108,22 @@ def build_router(
     strategy = hook.strategy
     natives = strategy.native_strategies() if isinstance(strategy, NeedsNativeStrategy) else ()
     return BuiltRouter(router, not natives)
+
+
+def _check_deployments(model_list: list[dict[str, Any]]) -> None:
+    """litellm's own validation of each deployment, reported with its path and never with the
+    input values (pydantic's text would quote the neighbouring ``api_key``)."""
+    from litellm.types.router import LiteLLM_Params
+
+    problems: list[tuple[str, str]] = []
+    for index, deployment in enumerate(model_list):
+        try:
+            LiteLLM_Params(**dict(deployment["litellm_params"]))
+        except ValidationError as exc:
+            where = ("model_list", index, "litellm_params")
+            problems += validation_problems(exc, prefix=where)
+    if problems:
+        raise ConfigError(problems)
 
 
 def _model_list(config: GatewayConfig) -> list[dict[str, Any]]:

@@ -282,7 +282,7 @@ def test_every_problem_is_reported_in_one_error(tmp_path: Path) -> None:
         "model_list": [MODEL, {"model_name": "", "litellm_params": {"api_key": "os.environ/GONE"}}],
         "bogus": 1,
         "litellm_settings": {"set_verbose": True, "drop_params": True},
-        "router_settings": {"redis_host": "localhost", "num_retries": 2},
+        "router_settings": {"redis_hots": "localhost", "num_retries": 2},
         "routeiq": {
             "nope": 1,
             "log_level": "loud",
@@ -298,10 +298,6 @@ def test_every_problem_is_reported_in_one_error(tmp_path: Path) -> None:
     assert error.source == str(path)
     assert list(error.problems) == [
         ("bogus", "unknown field"),
-        (
-            "litellm_settings.set_verbose",
-            "not supported by RouteIQ; supported: drop_params, num_retries, request_timeout",
-        ),
         ("model_list[1].litellm_params.api_key", "environment variable GONE is not set"),
         ("model_list[1].litellm_params.model", "Field required"),
         ("model_list[1].model_name", "String should have at least 1 character"),
@@ -310,9 +306,12 @@ def test_every_problem_is_reported_in_one_error(tmp_path: Path) -> None:
         ("routeiq.log_level", "Input should be 'debug', 'info', 'warning' or 'error'"),
         ("routeiq.nope", "unknown field"),
         ("routeiq.services[0].restart", "Input should be 'permanent', 'transient' or 'temporary'"),
-        ("router_settings.redis_host", error.problems[-1][1]),
+        (
+            "router_settings.redis_hots",
+            "not a litellm.Router setting (a typo?); the settings RouteIQ applies: "
+            "docs/migrating-from-litellm.md",
+        ),
     ]
-    assert error.problems[-1][1].startswith("not supported by RouteIQ; supported: allowed_fails, ")
     rendered = str(error).splitlines()
     assert rendered[0] == f"invalid configuration in {path}:"
     assert rendered[1:] == [f"  {p}: {m}" for p, m in error.problems]
@@ -345,17 +344,24 @@ def test_unknown_fields_are_reported(data: dict[str, Any], path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("section", "key"),
+    ("section", "key", "instead"),
     [
-        ("litellm_settings", "success_callback"),
-        ("litellm_settings", "cache"),
-        ("router_settings", "redis_host"),
+        ("litellm_settings", "success_callback", "GET /metrics"),
+        ("litellm_settings", "cache", "caching proxy"),
+        ("router_settings", "redis_host", "routeiq.leadership"),
+        ("general_settings", "database_url", "routeiq.master_key"),
     ],
 )
-def test_unsupported_litellm_and_router_settings_are_reported(section: str, key: str) -> None:
-    [(path, message)] = problems_of({"model_list": [MODEL], section: {key: "x"}})
+def test_unsupported_litellm_keys_load_with_a_warning_and_are_dropped(
+    section: str, key: str, instead: str
+) -> None:
+    value = ["prometheus"] if key.endswith("callback") else "os.environ/UNSET_IGNORED"
+    config = parse_config({"model_list": [MODEL], section: {key: value}}, {}, source="t")
+    [(path, message)] = config.warnings
     assert path == f"{section}.{key}"
-    assert message.startswith("not supported by RouteIQ; supported: ")
+    assert message.startswith("not supported, ignored: ")
+    assert instead in message
+    assert key not in getattr(config, section)
 
 
 def test_supported_settings_pass_through() -> None:
@@ -506,3 +512,26 @@ def test_config_error_is_a_value_error_and_a_gateway_error() -> None:
     assert ConfigError("plain").problems == (("", "plain"),)
     with pytest.raises(ValueError, match="unknown field"):
         parse_config({"model_list": [MODEL], "x": 1}, {}, source="t")
+
+
+def test_literal_values_under_secret_sounding_keys_become_secrets() -> None:
+    data = {
+        "model_list": [
+            {
+                "model_name": "b",
+                "litellm_params": {
+                    "model": "bedrock/x",
+                    "aws_secret_access_key": "aws-secret-value-1",
+                    "aws_session_token": "aws-session-token-1",
+                    "client_secret": "client-secret-1",
+                    "max_tokens": 100,
+                    "tenant_id": "tenant-not-secret",
+                },
+            }
+        ],
+        "routeiq": {"leadership": {"key_prefix": "/routeiq-prefix"}},
+    }
+    secrets = parse_config(data, {}, source="t").secrets
+    assert {"aws-secret-value-1", "aws-session-token-1", "client-secret-1"} <= secrets
+    assert "tenant-not-secret" not in secrets
+    assert "/routeiq-prefix" not in secrets
