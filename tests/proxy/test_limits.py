@@ -96,7 +96,7 @@ async def test_counts_above_their_limit_are_400_before_any_work(
         assert error["type"] == "invalid_request_error"
         assert "routeiq.limits." in error["message"]
     assert upstream.statistics().requests == 0
-    assert elapsed < 5, "a bounded request must be refused at once"
+    assert elapsed < 10, "refused before any work (n=1000000 on the mock model took 37 s)"
 
 
 def _main_field(route: str) -> str:
