@@ -231,6 +231,26 @@ async def test_html_on_a_stream_request_is_a_502_not_a_relayed_stream(
     assert response.json()["error"]["code"] == "upstream_invalid_response"
 
 
+async def test_fast_failures_cool_a_deployment_down_like_litellm_failures(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    models = [
+        deployment("gpt", upstream.base_url, "fail-500"),
+        deployment("gpt", upstream.base_url, "gpt"),
+    ]
+    settings = {"num_retries": 1, "allowed_fails": 0, "cooldown_time": 60}
+    path = config(tmp_path, models, passthrough=True, router_settings=settings)
+    async with running_app(GatewayApp(env={}, config_path=path)) as client:
+        for _ in range(20):
+            response = await client.post(
+                "/v1/chat/completions", json={"model": "gpt", **CHAT}, headers=AUTH
+            )
+            assert response.status_code == 200, response.text
+    served = [r.model for r in upstream.requests]
+    # Cooled down at its first failure: never picked again (never drawn first in 20: 2**-20).
+    assert (served.count("fail-500"), served.count("gpt")) == (1, 20)
+
+
 BAD_USAGE = ["usage-negative", "usage-string", "usage-huge", "usage-object", "usage-nan"]
 # litellm's own response parsing refuses these (pydantic validation of its Usage type), so on
 # its call path the upstream's answer is an upstream failure, not a reply to relay.
