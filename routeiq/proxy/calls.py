@@ -14,6 +14,7 @@ an invalid 200 body is a 502; bad ``usage`` numbers are ignored for metrics.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["call_upstream", "configured_retries", "count_tokens", "fallback_groups"]
 
+log = logging.getLogger(__name__)
 # litellm's Router retries twice unless told otherwise.
 LITELLM_DEFAULT_RETRIES = 2
 # A token count above this is not a count (and would wreck a counter for good).
@@ -148,6 +150,7 @@ class _Call:
             if not failure.retryable:
                 raise map_attempt_failure(failure, self.gateway.events.redactor)
             failed.append(target.deployment_id)
+            self._record_failure(target.deployment_id, failure)
             retry_after = config.router_settings.get("retry_after")
             if budget > 0 and isinstance(retry_after, (int, float)) and retry_after > 0:
                 await anyio.sleep(float(retry_after))
@@ -165,6 +168,17 @@ class _Call:
                     if exc.status < 500 and exc.status != 429:
                         raise
         raise map_attempt_failure(failure, self.gateway.events.redactor)
+
+    def _record_failure(self, deployment_id: str, failure: AttemptFailed) -> None:
+        """Count the failure against the deployment in the Router, which cools it down past
+        ``allowed_fails`` (as litellm's own call path does)."""
+        health = getattr(self.runtime.router, "health", None)
+        if not deployment_id or health is None:
+            return
+        try:
+            health().record_failure(deployment_id, failure, failure.status_code)
+        except Exception:  # bookkeeping only: the request's outcome does not depend on it
+            log.warning("could not record a failure of deployment %s", deployment_id[:12])
 
     async def _pick(
         self, kwargs: Mapping[str, Any], failed: list[str]

@@ -70,6 +70,14 @@ class AttemptFailed(UpstreamError):
         self.invalid_body, self.code = invalid_body, code
 
     @property
+    def status_code(self) -> int:
+        """The status litellm's failure bookkeeping (cooldowns) reads: 408 for a timeout,
+        500 for a connection error."""
+        if self.status is not None:
+            return self.status
+        return 408 if self.timed_out else 500
+
+    @property
     def retryable(self) -> bool:
         if self.invalid_body:
             return False

@@ -12,6 +12,8 @@ the tests fail if it does appear, so the list cannot go stale silently.
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +191,28 @@ def send_traffic(url: str) -> None:
         assert client.get("/v1/models").status_code == 200
 
 
+def shed_one_request(gateway: GatewayProcess) -> None:
+    """With ``max_inflight: 1``, hold one request open (headers sent, body awaited) and send
+    another: it is shed (503, ``gateway_requests_shed_total``)."""
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+        "content-type: application/json\r\ncontent-length: 100\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as held:
+        held.sendall(head.encode())
+        deadline = time.monotonic() + 30
+        while True:  # until the held request is in flight
+            answer = httpx.post(
+                f"{gateway.url}/v1/chat/completions",
+                json={"model": "routeiq-mock", **CHAT},
+                timeout=30,
+            )
+            if answer.status_code == 503:
+                assert answer.headers["retry-after"], answer.headers
+                return
+            assert time.monotonic() < deadline, "the held request never counted as in flight"
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     binary = prometheus_path()
@@ -204,6 +228,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         write_config(
             normal_config,
             admin_key=ADMIN_KEY,
+            limits={"max_inflight": 1},  # shed_one_request; the reload lifts it
             # A service that crashes once, then waits a minute to restart: the service metrics.
             supervisor={"max_restarts": 100, "backoff_initial_s": 60, "backoff_max_s": 60},
             services=[
@@ -234,6 +259,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Started after the normal one is up, so that it does not slow the normal startup.
         started.append(slow.start())
         send_traffic(normal.url)
+        shed_one_request(normal)
         reload_config(normal.url, normal_config)
         result = Stack(normal, slow, prometheus, "")
         result.wait_scrapes(1)
