@@ -270,12 +270,15 @@ class Gateway:
                 LifecycleMetricsProjection(metrics, self.chart.states)
             )
             self.metrics = metrics
-        self._on_undo(undo, "metrics", unsubscribe)
-        from routeiq.observability.gc_pauses import GcPauseRecorder
+            from routeiq.observability.gc_pauses import GcPauseRecorder
 
-        self._on_undo(
-            undo, "gc_metrics", GcPauseRecorder(metrics["gateway_gc_pause_seconds"]).install()
-        )
+            remove_gc_recorder = GcPauseRecorder(metrics["gateway_gc_pause_seconds"]).install()
+
+        def close_metrics() -> None:
+            unsubscribe()
+            remove_gc_recorder()
+
+        self._on_undo(undo, "metrics", close_metrics)
         with self._component("logging"):
             from routeiq.observability.logging import EventLogger, install_handler
 

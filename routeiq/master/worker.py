@@ -7,10 +7,11 @@ once its gateway is ``serving`` and hypercorn accepts on the socket, or ``{"erro
 2|3}`` when its startup failed (2: the config is invalid). The master knows readiness only from
 this line: it cannot poll ``/health/ready`` through a socket shared by every worker.
 
-Signals: SIGTERM drains (readiness 503 at once, the listener closes after ``drain.delay_s``,
-in-flight requests get ``drain.timeout_s``, then the phases unwind); a second SIGTERM closes the
-listener now. SIGINT and SIGHUP are ignored: a terminal sends them to the whole process group,
-and the master relays what each worker should do.
+Signals: SIGTERM drains (readiness 503 at once; after ``drain.delay_s`` this worker stops
+accepting, and connections it accepted just before get ``ACCEPTED_GRACE_S`` to send their
+request; in-flight requests get ``drain.timeout_s``, then the phases unwind); a second SIGTERM
+skips the rest of the delay. SIGINT and SIGHUP are ignored: a terminal sends them to the whole
+process group, and the master relays what each worker should do.
 
 A worker forked from the master runs ``run_worker`` directly, on the master's preloaded and
 frozen heap; after a SIGHUP the master starts workers as ``python -m routeiq.master.worker``
@@ -20,6 +21,7 @@ instead, so that they run the code on disk (see ``routeiq.master.arbiter``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -35,6 +37,9 @@ from routeiq.config.loader import load_config
 from routeiq.errors import ConfigError, StartupError
 
 __all__ = ["run_worker"]
+
+# How long connections accepted right before the listener closed get to send their request.
+ACCEPTED_GRACE_S = 0.5
 
 
 def run_worker(
@@ -118,6 +123,12 @@ async def _serve(
         # hypercorn awaits its shutdown trigger only once its servers accept: ready now.
         status.ready()
         await close_listener.wait()
+        # hypercorn's shutdown closes every connection that has not sent a request yet, so a
+        # connection accepted a moment earlier would be dropped unanswered. Stop accepting
+        # first (the socket stays open: the other workers accept what arrives from now on),
+        # then give what was just accepted a moment to send its request.
+        asyncio.get_running_loop().remove_reader(listen_fd)
+        await anyio.sleep(ACCEPTED_GRACE_S)
 
     async def watch_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM) as signals:
