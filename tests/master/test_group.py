@@ -165,18 +165,18 @@ def test_sigkill_is_replaced_and_sighup_replaces_every_worker_under_load(
         e for e in group.master_events() if e["trigger"] == "spawned" and e["seq"] > reload_seq
     ]
     assert [e["attributes"]["mode"] for e in new_spawns] == ["exec", "exec"]
-    # Each new worker was ready before its predecessor was told to drain.
-    events = group.master_events()
+    # Each new worker was ready before its predecessor drained and exited cleanly.
     for slot, pid in after.items():
+        old = replaced[slot]
+        old_exit = group.wait_event(
+            lambda e, old=old: e["trigger"] == "exited" and e["attributes"]["pid"] == old
+        )
         ready_seq = next(
-            e["seq"] for e in events if e["trigger"] == "ready" and e["attributes"]["pid"] == pid
+            e["seq"]
+            for e in group.master_events()
+            if e["trigger"] == "ready" and e["attributes"]["pid"] == pid
         )
-        old_exit = next(
-            e
-            for e in events
-            if e["trigger"] == "exited" and e["attributes"]["pid"] == replaced[slot]
-        )
-        assert old_exit["seq"] > ready_seq and old_exit["ok"]
+        assert old_exit["seq"] > ready_seq and old_exit["ok"], old_exit
     group.signal(signal.SIGTERM)
     assert group.wait(60) == 0, group.output()
     assert ready["duration_s"] > 0
