@@ -412,25 +412,28 @@ def section_ready(directory: Path, upstream_url: str) -> None:
 # --- profile ---------------------------------------------------------------------------------
 
 
+# Runs ``routeiq serve`` with a profiler that SIGUSR1 enables and SIGUSR2 stops and saves, so
+# that the profile holds the load window only (signal handlers run on the event loop's thread).
+PROFILED_SERVE = """
+import cProfile, signal, sys
+from routeiq.cli import main
+profiler = cProfile.Profile()
+signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+def save(*_):
+    profiler.disable()
+    profiler.dump_stats(sys.argv[1])
+signal.signal(signal.SIGUSR2, save)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def section_profile(directory: Path, upstream_url: str, seconds: int) -> None:
     config = write_config(directory, upstream_url)
     out = directory / "worker.prof"
     port = free_port()
+    args = ["serve", "--port", str(port), "--config", str(config)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cProfile",
-            "-o",
-            str(out),
-            "-m",
-            "routeiq.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--config",
-            str(config),
-        ],
+        [sys.executable, "-c", PROFILED_SERVE, str(out), *args],
         env=gateway_env(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -440,22 +443,30 @@ def section_profile(directory: Path, upstream_url: str, seconds: int) -> None:
     try:
         wait_http_ready(url)
         warm(url)
+        proc.send_signal(signal.SIGUSR1)
         latencies, errors = asyncio.run(load(f"{url}/v1", 32, seconds))
+        proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    print(
-        f"\n## Profile: one worker under cProfile, c32 for {seconds}s ({len(latencies)} requests,"
-    )
-    print(f"{errors} errors; cProfile slows it down, the shares are what matters)\n")
+    print(f"\n## Profile: one worker (routeiq serve) under cProfile, c32 for {seconds}s")
+    print(f"({len(latencies)} requests, {errors} errors; only the load window is profiled;")
+    print("cProfile slows the worker down, the shares are what matters)\n")
     stats = pstats.Stats(str(out))
     total = stats.total_tt  # type: ignore[attr-defined]
-    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
-    print("| own time s | share | calls | function |")
-    print("|---:|---:|---:|---|")
-    for (path, line, name), (_cc, calls, own, _cum, _callers) in rows[:25]:
-        where = path.split("site-packages/")[-1].split("/routeiq/")[-1]
-        print(f"| {own:.2f} | {100 * own / total:.1f} % | {calls} | `{name}` {where}:{line} |")
+    items = stats.stats.items()  # type: ignore[attr-defined]
+    for title, key in (("own time", 2), ("cumulative time", 3)):
+        rows = sorted(items, key=lambda kv: kv[1][key], reverse=True)
+        print(f"\nTop 20 by {title} (total own time {total:.2f} s):\n")
+        print("| own s | cumulative s | share of total | calls | function |")
+        print("|---:|---:|---:|---:|---|")
+        for (path, line, name), (_cc, calls, own, cum, _callers) in rows[:20]:
+            where = path.split("site-packages/")[-1].split("/routeiq/")[-1]
+            share = 100 * (own if key == 2 else cum) / total
+            print(f"| {own:.2f} | {cum:.2f} | {share:.1f} % | {calls} | `{name}` {where}:{line} |")
 
 
 def main() -> None:
