@@ -44,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=os.environ.get("ROUTEIQ_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("ROUTEIQ_PORT", "4000")))
+    serve.add_argument(
+        "--workers",
+        default=os.environ.get("ROUTEIQ_WORKERS", "1"),
+        help="worker processes under a prefork master, or 'auto' for the usable CPUs "
+        "(default: $ROUTEIQ_WORKERS or 1 = a single process, no master)",
+    )
+    serve.add_argument(
+        "--master", action="store_true", help="run the master even for one worker (SIGHUP reload)"
+    )
     serve.set_defaults(run=_serve)
 
     check = sub.add_parser(
@@ -82,9 +91,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from routeiq.master import parse_workers
     from routeiq.serve import serve
 
-    return serve(bind=f"{args.host}:{args.port}", env=os.environ, config_path=args.config)
+    try:
+        workers = parse_workers(args.workers)
+    except ConfigError as exc:
+        print(f"routeiq: {exc.render()}", file=sys.stderr)
+        return EXIT_INVALID
+    return serve(
+        bind=f"{args.host}:{args.port}",
+        env=os.environ,
+        config_path=args.config,
+        workers=workers,
+        master=args.master,
+    )
 
 
 def _check(args: argparse.Namespace) -> int:

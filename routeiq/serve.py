@@ -8,6 +8,9 @@ during startup unwinds what was started and exits 0.
 
 Exit codes: 0 after a clean stop, 2 for an invalid config, 3 when startup failed otherwise or
 the gateway ended ``failed``.
+
+With ``workers > 1`` (or ``master=True``) a prefork master runs the workers instead: see
+``routeiq.master``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,16 @@ def serve(
     bind: str,
     env: Mapping[str, str],
     config_path: Path | None = None,
+    workers: int = 1,
+    master: bool = False,
 ) -> int:
+    if workers > 1 or master:
+        from routeiq.master import Arbiter
+
+        host, _, port = bind.rpartition(":")
+        return Arbiter(
+            workers=workers, host=host.strip("[]"), port=int(port), env=env, config_path=config_path
+        ).run()
     # Read the drain timings before starting; a bad config is reported by the lifespan too,
     # but hypercorn's graceful timeout must be known when it is configured.
     try:

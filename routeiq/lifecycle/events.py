@@ -42,9 +42,10 @@ class EventKind:
     LEADERSHIP = "leadership"
     CONFIG = "config"
     WARNING = "warning"
+    WORKER = "worker"  # a master's worker process: spawned, ready, exited, restarting
 
     ALL = frozenset(
-        {CREATED, TRANSITION, COMPONENT, TEARDOWN, SERVICE, LEADERSHIP, CONFIG, WARNING}
+        {CREATED, TRANSITION, COMPONENT, TEARDOWN, SERVICE, LEADERSHIP, CONFIG, WARNING, WORKER}
     )
 
 

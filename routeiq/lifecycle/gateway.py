@@ -215,6 +215,10 @@ class Gateway:
             raise StartupAborted(f"shutdown requested during phase {self._phase!r}")
         self.strategies.freeze()
         self._fire("serve")
+        # What startup allocated stays: keep full collections from walking it (DESIGN §8).
+        from routeiq.observability.gc_pauses import freeze_startup_heap
+
+        freeze_startup_heap()
 
     async def _resign_leadership(self) -> None:
         leadership = self.extensions.get("leadership")
@@ -270,7 +274,15 @@ class Gateway:
                 LifecycleMetricsProjection(metrics, self.chart.states)
             )
             self.metrics = metrics
-        self._on_undo(undo, "metrics", unsubscribe)
+            from routeiq.observability.gc_pauses import GcPauseRecorder
+
+            remove_gc_recorder = GcPauseRecorder(metrics["gateway_gc_pause_seconds"]).install()
+
+        def close_metrics() -> None:
+            unsubscribe()
+            remove_gc_recorder()
+
+        self._on_undo(undo, "metrics", close_metrics)
         with self._component("logging"):
             from routeiq.observability.logging import EventLogger, install_handler
 

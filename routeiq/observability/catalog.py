@@ -38,6 +38,10 @@ LLM_LATENCY_BUCKETS: tuple[float, ...] = (
 TTFT_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+# A young collection takes microseconds; a full one over an unfrozen litellm heap ~260 ms.
+GC_PAUSE_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +187,26 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "Routing decisions by strategy and A/B arm ('none' outside an A/B split).",
         labels=("strategy", "arm"),
+    ),
+    # --- process group (routeiq serve --workers N) --------------------------------------------
+    MetricSpec(
+        "gateway_workers",
+        "gauge",
+        "Worker processes of the group by state (starting, serving, draining); set by the master.",
+        labels=("state",),
+        gauge_mode="livesum",
+    ),
+    MetricSpec(
+        "gateway_worker_restarts_total",
+        "counter",
+        "Workers the master replaced after they died.",
+    ),
+    MetricSpec(
+        "gateway_gc_pause_seconds",
+        "histogram",
+        "Garbage collector pauses by generation (0, 1, 2), in every worker.",
+        labels=("generation",),
+        buckets=GC_PAUSE_BUCKETS,
     ),
 )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from routeiq.lifecycle.events import Event, EventKind
-from routeiq.observability.catalog import METRICS, MetricSpec
+from routeiq.observability.catalog import METRICS, MetricSpec, metric_by_name
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 __all__ = [
     "GatewayMetrics",
     "LifecycleMetricsProjection",
+    "ProcessGroupMetrics",
+    "fresh_multiprocess_dir",
+    "mark_worker_dead",
     "prepare_multiprocess_dir",
     "render_process_group",
 ]
@@ -50,6 +53,20 @@ def prepare_multiprocess_dir(directory: Path) -> int:
     for pid in dead:
         multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
     return len(dead)
+
+
+def fresh_multiprocess_dir(directory: Path) -> None:
+    """Create ``directory`` empty of metric files: a master owns it for its group's lifetime."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob("*.db"):
+        path.unlink(missing_ok=True)
+
+
+def mark_worker_dead(directory: Path, pid: int) -> None:
+    """Remove a reaped worker's live-gauge files; its counters stay in the group's totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
 def _write_values_to(directory: Path) -> None:
@@ -112,6 +129,46 @@ class GatewayMetrics:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         return render_process_group(self.multiprocess_dir)
+
+
+class ProcessGroupMetrics:
+    """The master's own collectors: ``gateway_workers{state}`` and worker restarts.
+
+    The master writes them into the group's multiprocess directory, so ``/metrics`` on any
+    worker shows them. Built only after the first workers are forked: creating a value opens
+    its file.
+    """
+
+    STATES = ("starting", "serving", "draining")
+
+    def __init__(self, directory: Path) -> None:
+        _write_values_to(directory)
+        from prometheus_client import CollectorRegistry
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        workers = metric_by_name("gateway_workers")
+        restarts = metric_by_name("gateway_worker_restarts_total")
+        self._workers = _collector(workers, self.registry)
+        self._restarts = _collector(restarts, self.registry)
+
+    def set_workers(self, counts: Mapping[str, int]) -> None:
+        for state in self.STATES:
+            self._workers.labels(state=state).set(counts.get(state, 0))
+
+    def worker_restarted(self) -> None:
+        self._restarts.inc()
+
+
+def _collector(spec: MetricSpec, registry: CollectorRegistry) -> Any:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    kwargs: dict[str, Any] = {"registry": registry, "labelnames": spec.labels}
+    if spec.type == "counter":
+        # prometheus_client adds the _total suffix itself.
+        return Counter(spec.name.removesuffix("_total"), spec.help, **kwargs)
+    if spec.type == "gauge":
+        return Gauge(spec.name, spec.help, multiprocess_mode=spec.gauge_mode, **kwargs)
+    return Histogram(spec.name, spec.help, buckets=spec.buckets, **kwargs)
 
 
 def render_process_group(directory: Path) -> tuple[bytes, str]:

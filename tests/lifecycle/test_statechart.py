@@ -56,7 +56,7 @@ def chart() -> Statechart:
 # --- the rendering is not stale ---
 
 
-@pytest.mark.parametrize("name", ["gateway", "leadership"])
+@pytest.mark.parametrize("name", ["gateway", "leadership", "master"])
 def test_mermaid_rendering_is_current(name: str) -> None:
     committed = (CHECKOUT_CHARTS / f"{name}.mmd").read_text(encoding="utf-8")
     stale = (
