@@ -19,11 +19,16 @@ ARG OFFLINE=0
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/routeiq
 COPY deploy/wheelhouse/ /wheels/
-COPY pyproject.toml README.md /src/
+# Dependencies first (this layer changes only with pyproject.toml), then RouteIQ itself.
+COPY pyproject.toml /src/
+RUN if [ "$OFFLINE" = 1 ]; then set -- --no-index --find-links /wheels; fi \
+ && python3 -c "import tomllib; print(*tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/requirements.txt \
+ && /opt/routeiq/bin/pip install "$@" -r /tmp/requirements.txt
+COPY README.md /src/
 COPY statecharts/ /src/statecharts/
 COPY routeiq/ /src/routeiq/
 RUN if [ "$OFFLINE" = 1 ]; then set -- --no-index --find-links /wheels; fi \
- && /opt/routeiq/bin/pip install "$@" /src \
+ && /opt/routeiq/bin/pip install "$@" --no-deps /src \
  && /opt/routeiq/bin/pip uninstall -y pip
 
 FROM ${BASE_IMAGE} AS runtime

@@ -281,7 +281,10 @@ class Row:
 
 def count(results: list[Result], *, excluding: set[str] = frozenset()) -> tuple[int, int]:
     mine = [r for r in results if r.backend not in excluding]
-    return len(mine), sum(not r.ok for r in mine)
+    failed = [r for r in mine if not r.ok]
+    for r in failed[:5]:
+        print(f"      failed: {r.backend} at {r.started:.2f}–{r.ended:.2f}: {r.detail}")
+    return len(mine), len(failed)
 
 
 async def rolling(stack: Stack, traffic: Traffic, tag: str, row: Row) -> None:
@@ -364,38 +367,45 @@ async def s_kill(stack: Stack, traffic: Traffic, row: Row, rng: random.Random) -
     """10 × SIGKILL to a random ready replica, whenever at least two are ready (killed
     replicas come back through the restart policy, or ``docker start``, meanwhile)."""
     mark = traffic.mark()
-    kills: list[tuple[str, float]] = []
+    kills: list[tuple[str, float, float]] = []
     for _ in range(10):
         await wait_for("two replicas ready", lambda: sum(traffic.ready.values()) >= 2, 240, 0.1)
         victim = rng.choice([s for s in REPLICAS if traffic.ready[s]])
         cid = stack.container(victim)
         save_logs(stack, victim, "before-kill")
-        kills.append((victim, time.time()))
+        sent = time.time()
         await arun(["docker", "kill", "-s", "KILL", cid])
+        kills.append((victim, sent, time.time()))  # the CLI itself can take a second here
         await wait_for(f"{victim} seen down", lambda v=victim: not traffic.ready[v], 10, 0.05)
-        await wait_for(f"{victim} restarted", lambda c=cid: restarted(c, kills[-1][1]), 30)
+        await wait_for(f"{victim} restarted", lambda c=cid: restarted(c, kills[-1][2]), 30)
     await wait_for("all replicas ready again", lambda: all(traffic.ready.values()), 240)
     await anyio.sleep(1.0)
     results = traffic.since(mark)
     lost_per_kill = [0] * len(kills)
-    others_failed = 0
+    others: list[Result] = []
     for r in results:
         if r.ok:
             continue
         # In flight to (or sent before the balancer noticed) a replica at the moment it died.
         hit = [
             i
-            for i, (victim, at) in enumerate(kills)
-            if r.backend == victim and r.started <= at + 1.0 and r.ended >= at
+            for i, (victim, sent, done) in enumerate(kills)
+            if r.backend == victim and r.started <= done + 1.0 and r.ended >= sent
         ]
         if hit:
             lost_per_kill[hit[0]] += 1
         else:
-            others_failed += 1
+            others.append(r)
+    others_failed = len(others)
+    for r in others[:5]:
+        print(f"      not a kill's loss: {r.backend} at {r.started:.2f}–{r.ended:.2f}: {r.detail}")
+    if others:
+        timeline = [(v, round(a, 2), round(b, 2)) for v, a, b in kills]
+        print(f"      kills (replica, sent, done): {timeline}")
     row.requests = len(results)
     row.failed = others_failed
     row.lost = max(lost_per_kill)
-    victims = ",".join(v for v, _ in kills)
+    victims = ",".join(v for v, _, _ in kills)
     row.figure = (
         f"killed {victims}; lost in flight per kill {lost_per_kill}; "
         f"every other request ok: {others_failed == 0}"
