@@ -164,6 +164,7 @@ class Stack:
     env: dict[str, str]
     ports: dict[str, int]
     config_dir: Path
+    reloaded_model: str | None = None  # set by the leader scenario, checked after rollback
 
     def compose(self, *argv: str) -> list[str]:
         return ["docker-compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), *argv]
@@ -236,7 +237,7 @@ def service_of(holder: str) -> str:
 
 
 async def wait_for(what: str, check: Any, within: float, interval: float = 0.2) -> float:
-    """Seconds until ``check()`` (sync, may raise) is true; ScenarioFailed after ``timeout``."""
+    """Seconds until ``check()`` (sync, may raise) is true; ScenarioFailed after ``within``."""
     start = time.monotonic()
     last: object = None
     while time.monotonic() - start < within:
@@ -353,7 +354,7 @@ async def s_leader(stack: Stack, traffic: Traffic, row: Row) -> None:
         raise ScenarioFailed("the new config is not the one published in etcd")
     if before is not None and after[1]["revision"] <= before[1]["revision"]:
         raise ScenarioFailed("the published config revision did not grow")
-    stack.reloaded_model = added  # type: ignore[attr-defined]
+    stack.reloaded_model = added
     row.requests, row.failed = count(traffic.since(0))
     row.figure = (
         f"leader {leader} (token {token}); reload via {follower} (HTTP {'/'.join(replies)}) "
@@ -630,7 +631,7 @@ async def scenarios(args: argparse.Namespace, stack: Stack, rows: list[Row]) -> 
 
         async def rollback(row: Row) -> None:
             await rolling(stack, traffic, "v1", row)
-            model = getattr(stack, "reloaded_model", None)
+            model = stack.reloaded_model
             if model is not None:
                 kept = all(model in models_of(stack, s) for s in REPLICAS)
                 row.figure += f"; reloaded model kept on {'3/3' if kept else 'NOT all'}"
