@@ -178,6 +178,29 @@ def lint_metrics(alert: Alert) -> list[str]:
     return errors
 
 
+def label_value_problems(expr: str) -> list[str]:
+    """Literal label values an expression matches on that the code never emits (catalog)."""
+    problems = []
+    for node in iter_nodes(parse(expr)):
+        selector = node.expr
+        if not isinstance(selector, promql_parser.VectorSelector) or selector.name is None:
+            continue
+        spec = next((s for s in METRICS if selector.name in s.exposed_names), None)
+        if spec is None:
+            continue
+        for m in selector.matchers.matchers:
+            fixed = m.name in spec.labels and m.op == promql_parser.MatchOp.Equal
+            if fixed and m.value not in spec.values_of(m.name):
+                problems.append(f"{selector.name}{{{m.name}={m.value!r}}}")
+    return problems
+
+
+def test_alerts_match_only_label_values_the_code_emits() -> None:
+    for alert in load_alerts():
+        assert label_value_problems(alert["expr"]) == [], alert["alert"]
+    assert label_value_problems('gateway_config_reloads_total{result="failed"}') != []
+
+
 def test_alert_names_are_unique_and_required_ones_exist() -> None:
     names = [a["alert"] for a in load_alerts()]
     assert len(names) == len(set(names))
