@@ -119,13 +119,9 @@ def write_config(
     config["routeiq"] = {
         "admin_key": ADMIN_KEY,
         "drain": {"delay_s": 0},
-        # Fast handovers: a follower polls the lock twice a second.
-        "leadership": {
-            "lock_path": str(lock),
-            "lease_ttl_s": 2.0,
-            "renew_deadline_s": 1.0,
-            "retry_period_s": 0.5,
-        },
+        # Default timings: shorter renew deadlines made a leader whose event loop stalled on
+        # a loaded machine step down and back up, which is real churn.
+        "leadership": {"lock_path": str(lock)},
         "hooks": hooks or [],
     }
     if upstream is not None:
@@ -295,6 +291,9 @@ def test_each_fault_fires_its_alert_and_nothing_else(tmp_path: Path, upstream: s
         for process in (*churn.values(), k):
             process.wait_ready(timeout=180)
         assert [n for n, p in churn.items() if leads(p)] == ["c1"] and not leads(k)
+        # Measured before K is killed and the leaders restart: on a loaded machine any startup
+        # may take longer than 30 s, and then GatewayStartupSlow for it is true.
+        slow_before = set(slow_startups([*churn.values(), k]))
         failed_port = free_port()
         # A is scraped while it starts, as a pod is: down until it serves (a true side effect).
         targets: dict[str, list[str]] = {
@@ -372,7 +371,8 @@ def test_each_fault_fires_its_alert_and_nothing_else(tmp_path: Path, upstream: s
             for process in churn.values():
                 process.wait_ready(timeout=180)
             live = [a, *churn.values()]
-            allowed |= {("GatewayStartupSlow", i) for i in slow_startups(live)}
+            slow = slow_before | set(slow_startups(live))
+            allowed |= {("GatewayStartupSlow", i) for i in slow - {address(a)}}
             fired = dict(watch.first_firing)
             unexpected = sorted(set(fired) - set(injected) - allowed)
             assert not unexpected, f"fired without a fault: {unexpected}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -664,3 +665,11 @@ def test_rule_catches_a_broken_dashboard(rule: Rule, breakage: Callable[[Dashboa
 
 def test_every_rule_has_a_breakage() -> None:
     assert {rule for rule, _ in BREAKAGES} == set(RULES)
+
+
+def test_panels_named_in_the_runbooks_exist() -> None:
+    text = (REPO / "docs" / "runbooks.md").read_text(encoding="utf-8")
+    quoted = {" ".join(q.split()) for q in re.findall(r'"([A-Z][^"$]*)"', text)}
+    titles = {str(p.get("title")) for name in EXPECTED for p in iter_panels(load(name))}
+    assert "Target health" in quoted
+    assert quoted - titles == set()
