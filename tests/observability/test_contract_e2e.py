@@ -37,7 +37,7 @@ from .promql import (
     substitute_variables,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 RULES = REPO / "alerts" / "routeiq.rules.yaml"
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
@@ -245,7 +245,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         prometheus.start().wait_ready()
         started.append(normal.start())
-        normal.wait_ready(timeout=60)
+        normal.wait_ready(timeout=180)
         send_traffic(normal.url)
         shed_one_request(normal)
         reload_config(normal.url, normal_config)
