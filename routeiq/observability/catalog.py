@@ -255,6 +255,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "API requests refused with 503 and Retry-After because routeiq.limits.max_inflight "
         "requests were already in progress.",
         labels=("route",),
+        # Closed set: created at 0 at startup, so GatewayLoadShedding sees the first shed.
+        label_values=(("route", API_ROUTES),),
     ),
     MetricSpec(
         "gateway_routing_decisions_total",

@@ -46,6 +46,8 @@ REQUIRED_ALERTS = {
     "GatewayConfigReloadRejected",
     "GatewayHighErrorRate",
     "GatewayServiceRestarting",
+    "GatewayWorkerRestarting",
+    "GatewayLoadShedding",
 }
 CAMEL_CASE = re.compile(r"^(?:[A-Z][a-z0-9]+)+$")
 CATALOG_NAMES = {name for spec in METRICS for name in spec.exposed_names}
