@@ -11,9 +11,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "API_ROUTES",
+    "COMPONENTS",
+    "LIFECYCLE_STATES",
     "LLM_LATENCY_BUCKETS",
     "METRICS",
+    "SERVICES",
     "STARTUP_BUCKETS",
+    "STARTUP_FAILURE_PHASES",
     "MetricSpec",
     "metric_by_name",
 ]
@@ -24,7 +29,8 @@ GaugeMode = Literal[
     "all", "liveall", "livesum", "max", "livemax", "min", "livemin", "sum", "mostrecent"
 ]
 
-# Startup takes ~3 s here; the alert threshold is 10 s, so buckets must reach well past it.
+# One `routeiq serve` process starts in ~3 s here, a 3-worker hypercorn group on 2 cores in
+# 10-15 s (every worker imports litellm); the alert threshold is 30 s, so buckets reach past it.
 STARTUP_BUCKETS: tuple[float, ...] = (
     0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
@@ -44,14 +50,59 @@ GC_PAUSE_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+# Label values the code emits. ``<name>`` stands for a name the config declares. The contract
+# tests check these against what a real gateway emits, against docs/metrics.md, docs/runbooks.md
+# and the label matchers of the dashboards and alerts.
+LIFECYCLE_STATES: tuple[str, ...] = (
+    "created", "configured", "observing", "patched", "serving", "draining", "stopped", "failed",
+)  # fmt: skip
+API_ROUTES: tuple[str, ...] = (
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
+)  # fmt: skip
+# The phase a failed startup was in: the four startup phases, or "supervisor" when a service
+# exceeded its restart intensity before the gateway was serving.
+STARTUP_FAILURE_PHASES: tuple[str, ...] = ("configure", "observe", "patch", "serve", "supervisor")
+# Startup components in the order a gateway initialises them (routeiq/lifecycle/gateway.py);
+# event_sink only with an event log path, http_client only with the passthrough fast path.
+COMPONENTS: tuple[str, ...] = (
+    "config", "event_sink", "metrics", "logging", "tracing", "litellm", "router", "http_client",
+    "service:<name>", "config-sync", "leadership", "hook:<name>",
+)  # fmt: skip
+
+# Supervised services: RouteIQ's own, and those declared under routeiq.services.
+SERVICES: tuple[str, ...] = ("config-sync", "leadership", "<name>")
+
+
 @dataclass(frozen=True, slots=True)
 class MetricSpec:
+    """One metric. ``label_values`` lists, per label, the values the code emits.
+
+    A counter whose labels all have a closed set of values (no ``<name>`` placeholder) is
+    created at 0 for every combination when the gateway starts, so that ``increase()`` sees
+    its first event.
+    """
+
     name: str
     type: MetricType
     help: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
     gauge_mode: GaugeMode = "all"
+    label_values: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def values_of(self, label: str) -> tuple[str, ...]:
+        """The documented values of ``label`` (empty when the set is open or undocumented)."""
+        return dict(self.label_values).get(label, ())
+
+    @property
+    def closed_label_sets(self) -> tuple[tuple[str, ...], ...] | None:
+        """Every label's values when all are fixed (no placeholders), else None."""
+        if not self.labels:
+            return None
+        sets = tuple(self.values_of(label) for label in self.labels)
+        if any(not values or any("<" in v for v in values) for values in sets):
+            return None
+        return sets
 
     @property
     def exposed_names(self) -> tuple[str, ...]:
@@ -81,13 +132,24 @@ METRICS: tuple[MetricSpec, ...] = (
         "Time each startup component took to initialise.",
         labels=("component",),
         buckets=COMPONENT_BUCKETS,
+        label_values=(("component", COMPONENTS),),
     ),
     MetricSpec(
+        # livesum, not liveall: liveall adds a pid label, a new series per worker start.
         "gateway_lifecycle_state",
         "gauge",
-        "1 for the lifecycle state this worker is in, 0 for the others.",
+        "Live workers in each lifecycle state (1 or 0 for a single process).",
         labels=("state",),
-        gauge_mode="liveall",
+        gauge_mode="livesum",
+        label_values=(("state", LIFECYCLE_STATES),),
+    ),
+    MetricSpec(
+        # Our process_start_time_seconds: prometheus_client's process collector is missing in
+        # multiprocess mode, and this one covers the process group. A change is a restart.
+        "gateway_start_time_seconds",
+        "gauge",
+        "Unix time at which the newest live worker's gateway was created.",
+        gauge_mode="livemax",
     ),
     MetricSpec(
         "gateway_lifecycle_transitions_total",
@@ -100,24 +162,28 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "Startups that ended in the failed state, by the phase that raised.",
         labels=("phase",),
+        label_values=(("phase", STARTUP_FAILURE_PHASES),),
     ),
     MetricSpec(
         "gateway_service_starts_total",
         "counter",
         "Background service starts under the supervisor (first starts and restarts).",
         labels=("service",),
+        label_values=(("service", SERVICES),),
     ),
     MetricSpec(
         "gateway_service_crashes_total",
         "counter",
         "Background services that exited with an error.",
         labels=("service",),
+        label_values=(("service", SERVICES),),
     ),
     MetricSpec(
         "gateway_service_restarts_total",
         "counter",
         "Background services restarted by the supervisor after a crash or exit.",
         labels=("service",),
+        label_values=(("service", SERVICES),),
     ),
     # --- leadership and config ------------------------------------------------------------
     MetricSpec(
@@ -136,6 +202,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "Config reload attempts by result (applied or rejected).",
         labels=("result",),
+        label_values=(("result", ("applied", "rejected")),),
     ),
     MetricSpec(
         "gateway_config_revision",
@@ -149,6 +216,11 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "API requests by route, configured model (or 'other') and status class.",
         labels=("route", "model", "status_class"),
+        label_values=(
+            ("route", API_ROUTES),
+            ("model", ("<name>", "other")),
+            ("status_class", ("2xx", "3xx", "4xx", "5xx")),
+        ),
     ),
     MetricSpec(
         "gateway_request_duration_seconds",
@@ -156,6 +228,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "API request duration, from request received to last byte sent.",
         labels=("route",),
         buckets=LLM_LATENCY_BUCKETS,
+        label_values=(("route", API_ROUTES),),
     ),
     MetricSpec(
         "gateway_time_to_first_token_seconds",
@@ -168,6 +241,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "counter",
         "Tokens reported by upstream usage, by type (input or output).",
         labels=("type",),
+        label_values=(("type", ("input", "output")),),
     ),
     MetricSpec(
         "gateway_inflight_requests",
@@ -181,12 +255,15 @@ METRICS: tuple[MetricSpec, ...] = (
         "API requests refused with 503 and Retry-After because routeiq.limits.max_inflight "
         "requests were already in progress.",
         labels=("route",),
+        # Closed set: created at 0 at startup, so GatewayLoadShedding sees the first shed.
+        label_values=(("route", API_ROUTES),),
     ),
     MetricSpec(
         "gateway_routing_decisions_total",
         "counter",
         "Routing decisions by strategy and A/B arm ('none' outside an A/B split).",
         labels=("strategy", "arm"),
+        label_values=(("strategy", ("<name>", "none")), ("arm", ("<name>", "none"))),
     ),
     # --- process group (routeiq serve --workers N) --------------------------------------------
     MetricSpec(

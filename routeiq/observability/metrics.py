@@ -7,11 +7,23 @@ collectors), i.e. in the ``observing`` phase.
 
 In multiprocess mode (several hypercorn workers) every worker writes its values to files in a
 shared directory; ``render()`` then aggregates the whole process group, counters summed and
-gauges by the mode declared in the catalog.
+gauges by the mode declared in the catalog. No gauge uses a per-pid mode (``all``/``liveall``):
+those add a ``pid`` label, a new series per worker start.
+
+``*_created`` series are disabled (``prometheus_client.disable_created_metrics``): they double
+every counter and histogram family on ``/metrics`` for a value the dashboards and alerts never
+read, and multiprocess mode does not export them at all, so a single process and a process group
+expose the same families. The switch is process-wide in prometheus_client; it is flipped where
+the registry is built, before any collector is created.
+
+Counters whose labels all have a closed set of values in the catalog are created at 0 for every
+combination when the projection is built, and a service's counters when it first starts: a
+series that exists before its first event lets ``increase()`` count that event.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -99,8 +111,15 @@ class GatewayMetrics:
     def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
         if multiprocess_dir is not None:
             _write_values_to(multiprocess_dir)
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            disable_created_metrics,
+        )
 
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.multiprocess_dir = multiprocess_dir
         self.registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
         self._collectors: dict[str, Any] = {}
@@ -192,10 +211,16 @@ class LifecycleMetricsProjection:
         for state in states:
             metrics["gateway_lifecycle_state"].labels(state=state).set(0)
         metrics["leader_election_status"].set(0)
+        for spec in metrics.specs:
+            sets = spec.closed_label_sets
+            if spec.type == "counter" and sets is not None:
+                for values in itertools.product(*sets):
+                    metrics[spec.name].labels(*values)
 
     def __call__(self, event: Event) -> None:
         if self._origin is None:
             self._origin = event.mono_time
+            self._m["gateway_start_time_seconds"].set(event.wall_time)
         if event.kind == EventKind.TRANSITION:
             self._transition(event)
         elif event.kind == EventKind.COMPONENT and event.ok and event.duration_s is not None:
@@ -241,6 +266,9 @@ class LifecycleMetricsProjection:
         m = self._m
         if what == "started":
             m["gateway_service_starts_total"].labels(service=service).inc()
+            # Created at 0 so that increase() sees the first crash and restart.
+            m["gateway_service_crashes_total"].labels(service=service)
+            m["gateway_service_restarts_total"].labels(service=service)
         elif what == "crashed":
             m["gateway_service_crashes_total"].labels(service=service).inc()
         elif what == "restarting":

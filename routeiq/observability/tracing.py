@@ -3,7 +3,11 @@
 Each app instance builds its own ``TracerProvider``; nothing here reads or sets OpenTelemetry's
 global provider or the current context, so two gateways in one process never mix their spans.
 OTLP export is an optional extra, set up only when an endpoint is configured through the
-standard ``OTEL_EXPORTER_OTLP_ENDPOINT``/``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` variables.
+standard ``OTEL_EXPORTER_OTLP_ENDPOINT``/``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` variables. An
+endpoint set without the extra installed is a configuration error (``ConfigError`` naming the
+variable and the install command; the gateway exits 2 like for any invalid config), not a
+warning: an operator who sets an endpoint expects traces, and a gateway that starts without
+them would fail silently.
 
 Request spans follow OpenTelemetry's GenAI semantic conventions for an inference client (the
 gateway is the client of the upstream model): kind ``CLIENT``, named
@@ -22,6 +26,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from routeiq.config.model import GatewayConfig
+from routeiq.errors import ConfigError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -34,11 +39,13 @@ __all__ = [
     "RequestSpan",
     "build_tracer_provider",
     "current_request_span",
+    "otlp_problems",
     "provider_name",
     "request_span",
 ]
 
 OTLP_INSTALL_HINT = "pip install 'routeiq[otlp]'"
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 REQUEST_TRACER = "routeiq.proxy"
 
 # gen_ai.operation.name of each OpenAI route (semconv's GenAiOperationNameValues).
@@ -90,16 +97,29 @@ def build_tracer_provider(
             }
         )
     )
-    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    problems = otlp_problems(env)
+    if problems:
+        raise ConfigError(problems, source="the environment")
+    if any(env.get(name) for name in OTLP_ENDPOINT_VARIABLES):
         provider.add_span_processor(_otlp_processor())
     return provider
 
 
-def _otlp_processor() -> Any:
+def otlp_problems(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(variable, message)`` for each OTLP endpoint variable set while the extra is missing."""
+    set_names = [name for name in OTLP_ENDPOINT_VARIABLES if env.get(name)]
+    if not set_names:
+        return []
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError as exc:
-        raise ImportError(f"OTLP export needs the otlp extra: {OTLP_INSTALL_HINT}") from exc
+        from opentelemetry.exporter.otlp.proto.http import trace_exporter  # noqa: F401
+    except ImportError:
+        message = f"is set, but OTLP export needs the otlp extra: {OTLP_INSTALL_HINT} (or unset it)"
+        return [(name, message) for name in set_names]
+    return []
+
+
+def _otlp_processor() -> Any:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     return BatchSpanProcessor(OTLPSpanExporter())

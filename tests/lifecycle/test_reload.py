@@ -73,7 +73,8 @@ async def test_file_change_hot_swaps_and_invalid_change_is_rejected(tmp_path: Pa
         # An invalid change: rejected, the old config keeps serving, the revision stays.
         path.write_text("model_list: []\n")
         with anyio.fail_after(10):
-            while sample(gateway, "gateway_config_reloads_total", {"result": "rejected"}) is None:
+            # Created at 0 when the gateway starts: wait for the rejection to count.
+            while not sample(gateway, "gateway_config_reloads_total", {"result": "rejected"}):
                 await anyio.sleep(0.02)
         assert gateway.runtime.revision == 2
         assert (await chat(client, "beta")).status_code == 200

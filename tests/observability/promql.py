@@ -19,6 +19,8 @@ import yaml
 
 __all__ = [
     "RANGE_VARIABLES",
+    "SCRAPE_JOB",
+    "SCRAPE_SERIES",
     "Node",
     "alert_rules",
     "expressions_in_dashboard",
@@ -36,8 +38,17 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 PROMTOOL_FALLBACK = REPO / ".cache" / "tools" / "prom" / "usr" / "bin" / "promtool"
 
+# Series Prometheus writes itself about each scrape target (not in the catalog), and the job
+# that alert rules select them with (dashboards filter them with their $job variable).
+SCRAPE_SERIES = frozenset({"up"})
+SCRAPE_JOB = "routeiq"
+
 # Grafana's built-in range variables; everything else is a label value.
 RANGE_VARIABLES = frozenset({"__rate_interval", "__interval", "__range"})
+
+# Variables whose "All" value also matches series without the label (the cluster label is
+# added only by multi-cluster deployments, as in kubernetes-mixin).
+MATCH_MISSING_LABEL = frozenset({"cluster"})
 
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)(?::\w+)?\]\]")
 _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?P<selector>.+?)\s*,\s*(?P<label>\w+)\s*\)\s*$")
@@ -58,6 +69,8 @@ def substitute_variables(
             return rate_interval
         if label_value is None:
             return match.group(0)
+        if name in MATCH_MISSING_LABEL and label_value in (".+", ".*"):
+            return ".*"
         return label_value
 
     return _VARIABLE.sub(replace, expr)

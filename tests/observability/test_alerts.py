@@ -16,9 +16,11 @@ import promql_parser
 import pytest
 import yaml
 
-from routeiq.observability.catalog import METRICS, metric_by_name
+from routeiq.observability.catalog import COMPONENTS, METRICS, metric_by_name
 
 from .promql import (
+    SCRAPE_JOB,
+    SCRAPE_SERIES,
     alert_rules,
     expressions_in_rules,
     iter_nodes,
@@ -33,6 +35,9 @@ RULES_TEST_FILE = REPO / "alerts" / "tests" / "routeiq.rules.test.yaml"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 RUNBOOK_BASE = "https://github.com/routeiq/routeiq/blob/main/docs/runbooks.md#"
 REQUIRED_ALERTS = {
+    "GatewayTargetDown",
+    "GatewayTargetAbsent",
+    "GatewayCrashLooping",
     "GatewayStartupSlow",
     "GatewayStartupFailed",
     "LeaderElectionChurn",
@@ -41,9 +46,13 @@ REQUIRED_ALERTS = {
     "GatewayConfigReloadRejected",
     "GatewayHighErrorRate",
     "GatewayServiceRestarting",
+    "GatewayWorkerRestarting",
+    "GatewayLoadShedding",
 }
 CAMEL_CASE = re.compile(r"^(?:[A-Z][a-z0-9]+)+$")
 CATALOG_NAMES = {name for spec in METRICS for name in spec.exposed_names}
+# Counters read raw count events of unknown age: alerts read them through these only.
+COUNTER_FUNCTIONS = {"increase", "rate"}
 
 Alert = dict[str, Any]
 
@@ -105,7 +114,8 @@ def test_promtool_test_rules_can_fail(tmp_path: Path) -> None:
     # The same unit tests against rules with a wrong threshold must fail.
     (tmp_path / "tests").mkdir()
     broken = RULES_FILE.read_text(encoding="utf-8").replace(
-        "gateway_last_startup_duration_seconds > 10", "gateway_last_startup_duration_seconds > 20"
+        "(gateway_last_startup_duration_seconds) > 30",
+        "(gateway_last_startup_duration_seconds) > 50",
     )
     assert broken != RULES_FILE.read_text(encoding="utf-8")
     (tmp_path / "routeiq.rules.yaml").write_text(broken, encoding="utf-8")
@@ -152,7 +162,7 @@ def lint_metrics(alert: Alert) -> list[str]:
         names = metric_names(expr)
     except ValueError as exc:
         return [f"{alert.get('alert')}: {exc}"]
-    unknown = names - CATALOG_NAMES
+    unknown = names - CATALOG_NAMES - SCRAPE_SERIES
     if unknown:
         errors.append(f"{alert.get('alert')}: metrics not in the catalog: {sorted(unknown)}")
     # prometheus_client formats le as Python floats ("10.0"); a matcher on "10" matches nothing.
@@ -168,6 +178,29 @@ def lint_metrics(alert: Alert) -> list[str]:
             if matcher.value not in allowed:
                 errors.append(f"{alert.get('alert')}: le={matcher.value!r} is not a bucket bound")
     return errors
+
+
+def label_value_problems(expr: str) -> list[str]:
+    """Literal label values an expression matches on that the code never emits (catalog)."""
+    problems = []
+    for node in iter_nodes(parse(expr)):
+        selector = node.expr
+        if not isinstance(selector, promql_parser.VectorSelector) or selector.name is None:
+            continue
+        spec = next((s for s in METRICS if selector.name in s.exposed_names), None)
+        if spec is None:
+            continue
+        for m in selector.matchers.matchers:
+            fixed = m.name in spec.labels and m.op == promql_parser.MatchOp.Equal
+            if fixed and m.value not in spec.values_of(m.name):
+                problems.append(f"{selector.name}{{{m.name}={m.value!r}}}")
+    return problems
+
+
+def test_alerts_match_only_label_values_the_code_emits() -> None:
+    for alert in load_alerts():
+        assert label_value_problems(alert["expr"]) == [], alert["alert"]
+    assert label_value_problems('gateway_config_reloads_total{result="failed"}') != []
 
 
 def test_alert_names_are_unique_and_required_ones_exist() -> None:
@@ -191,7 +224,71 @@ def test_every_rule_expression_reads_the_catalog() -> None:
     assert len(exprs) == len(load_alerts())
     for expr in exprs:
         assert metric_names(expr), expr
-        assert metric_names(expr) <= CATALOG_NAMES, expr
+        assert metric_names(expr) <= CATALOG_NAMES | SCRAPE_SERIES, expr
+
+
+def scrape_selector_problems(expr: str) -> list[str]:
+    """Selectors of Prometheus' own series must name the gateway's scrape job exactly."""
+    problems = []
+    for node in iter_nodes(parse(expr)):
+        selector = node.expr
+        if not isinstance(selector, promql_parser.VectorSelector):
+            continue
+        if selector.name not in SCRAPE_SERIES:
+            continue
+        jobs = [(m.op, m.value) for m in selector.matchers.matchers if m.name == "job"]
+        if jobs != [(promql_parser.MatchOp.Equal, SCRAPE_JOB)]:
+            problems.append(f"{selector.name} must select job={SCRAPE_JOB!r}: {expr!r}")
+    return problems
+
+
+def test_scrape_series_select_the_gateway_job() -> None:
+    exprs = [a["expr"] for a in load_alerts()]
+    assert any(metric_names(e) & SCRAPE_SERIES for e in exprs)
+    for expr in exprs:
+        assert scrape_selector_problems(expr) == []
+    assert scrape_selector_problems("up == 0") != []
+    assert scrape_selector_problems('up{job=~"routeiq.*"} == 0') != []
+
+
+def raw_counter_reads(expr: str) -> list[str]:
+    """Counter selectors not read through rate()/increase(): a raw count has no age."""
+    counters = {s.name for s in METRICS if s.type == "counter"}
+    counters |= {f"{s.name}_count" for s in METRICS if s.type == "histogram"}
+    counters |= {f"{s.name}_bucket" for s in METRICS if s.type == "histogram"}
+    raw = []
+    for node in iter_nodes(parse(expr)):
+        selector = node.expr
+        if not isinstance(selector, promql_parser.VectorSelector) or selector.name not in counters:
+            continue
+        calls = [p for p in node.parents if isinstance(p, promql_parser.Call)]
+        if not calls or calls[-1].func.name not in COUNTER_FUNCTIONS:
+            raw.append(str(selector.name))
+    return raw
+
+
+def test_alerts_read_counters_only_through_rate_or_increase() -> None:
+    # "x unless x offset 15m" fired for events older than the window: a counter's raw value
+    # says how many events happened, not when.
+    for alert in load_alerts():
+        assert raw_counter_reads(alert["expr"]) == [], alert["alert"]
+    old = (
+        "sum by (job) (gateway_startup_failures_total unless "
+        "gateway_startup_failures_total offset 15m) > 0"
+    )
+    assert raw_counter_reads(old) == ["gateway_startup_failures_total"] * 2
+
+
+def test_runbook_names_exactly_the_components_the_code_emits() -> None:
+    # tests/observability/test_metrics.py checks COMPONENTS against a real gateway.
+    text = RUNBOOKS.read_text(encoding="utf-8")
+    (paragraph,) = re.findall(r"^- \*\*Startup components\*\*.*?(?=^- |\Z)", text, re.M | re.S)
+    assert re.findall(r"`([^`]+)`", paragraph) == list(COMPONENTS)
+    # Wherever the runbooks point at a slow component, it is one the code emits.
+    slow = re.findall(r"`([^`]+)`(?:, `[^`]+`)*(?: or `[^`]+`)? slow", text)
+    assert slow and set(slow) <= set(COMPONENTS), slow
+    for listed in re.findall(r"^- ((?:`[^`]+`(?:, | or )?)+) slow", text, re.M):
+        assert set(re.findall(r"`([^`]+)`", listed)) <= set(COMPONENTS), listed
 
 
 def test_runbook_heading_for_every_alert_is_the_alert_name() -> None:
@@ -223,6 +320,7 @@ BREAKAGES: list[tuple[str, Callable[[Alert], None]]] = [
     ("runbook", lambda a: a["annotations"].update(runbook_url=RUNBOOK_BASE + "startup")),
     ("runbook", lambda a: a["annotations"].pop("runbook_url")),
     ("metrics", lambda a: a.update(expr="gateway_startup_seconds > 10")),
+    ("metrics", lambda a: a.update(expr="process_start_time_seconds > 10")),
     (
         "metrics",
         lambda a: a.update(

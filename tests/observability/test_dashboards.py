@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ import yaml
 from routeiq.observability.catalog import METRICS
 
 from .promql import (
+    SCRAPE_SERIES,
+    alert_rules,
     expressions_in_dashboard,
     iter_nodes,
     iter_panels,
@@ -46,6 +49,12 @@ RANGE_FUNCTIONS = {"rate", "irate", "increase"}
 # Grafana unit ids (packages/grafana-data/src/valueFormats/categories.ts) that suit this gateway.
 UNITS = {"none", "short", "percent", "percentunit", "s", "ms", "reqps", "ops", "bytes", "bool"}
 CATALOG_NAMES = {name for spec in METRICS for name in spec.exposed_names}
+RULES_FILE = REPO / "alerts" / "routeiq.rules.yaml"
+# Panels that draw an alert's own quantity, with the alert's own windows.
+ALERT_QUANTITY_PANELS = {"Leadership changes (alert quantity)": "LeaderElectionChurn"}
+# Exact event counts per bar: growth since the previous bar, or the new count after a reset.
+EVENT_BARS = "exact delta: (c - c offset $__interval) >= 0 or (c < c offset $__interval)"
+SELECTOR_LABELS = ("cluster", "job", "instance")
 
 Dashboard = dict[str, Any]
 Rule = Callable[[Dashboard], list[str]]
@@ -109,8 +118,10 @@ def rule_datasource_variable(d: Dashboard) -> list[str]:
 
 
 def rule_job_instance_variables(d: Dashboard) -> list[str]:
+    """cluster, job and instance variables, each filtered by the ones before it
+    (kubernetes-mixin / etcd-mixin conventions; ``cluster`` also matches series without it)."""
     errors = []
-    for name in ("job", "instance"):
+    for index, name in enumerate(SELECTOR_LABELS):
         v = variable(d, name)
         if v is None:
             errors.append(f"missing the {name} variable")
@@ -121,7 +132,7 @@ def rule_job_instance_variables(d: Dashboard) -> list[str]:
             "label": name.title(),
             "multi": True,
             "includeAll": True,
-            "allValue": ".+",
+            "allValue": ".*" if name == "cluster" else ".+",
             "refresh": 2,
         }
         errors += [
@@ -138,8 +149,9 @@ def rule_job_instance_variables(d: Dashboard) -> list[str]:
         unknown = metric_names(selector) - CATALOG_NAMES
         if unknown:
             errors.append(f"{name} variable reads metrics not in the catalog: {sorted(unknown)}")
-        if name == "instance" and '"$job"' not in selector:
-            errors.append('instance variable must be filtered by job=~"$job"')
+        for before in SELECTOR_LABELS[:index]:
+            if f'{before}=~"${before}"' not in selector:
+                errors.append(f'{name} variable must be filtered by {before}=~"${before}"')
     return errors
 
 
@@ -220,7 +232,7 @@ def rule_job_instance_matchers(d: Dashboard) -> list[str]:
             if not isinstance(node.expr, promql_parser.VectorSelector):
                 continue
             matchers = node.expr.matchers.matchers
-            for label in ("job", "instance"):
+            for label in SELECTOR_LABELS:
                 if not any(
                     m.name == label and m.op == promql_parser.MatchOp.Re and m.value == f"${label}"
                     for m in matchers
@@ -236,6 +248,8 @@ def rule_rate_interval(d: Dashboard) -> list[str]:
     errors = []
     mark = promql_parser.parse_duration(RATE_INTERVAL_MARK)
     for panel, target in targets(d):
+        if panel.get("title") in ALERT_QUANTITY_PANELS:
+            continue  # the alert's own windows; test_alert_quantity_panels_draw_the_alert
         for node in iter_nodes(_parse_target(target["expr"])):
             if isinstance(node.expr, promql_parser.MatrixSelector) and node.expr.range != mark:
                 errors.append(
@@ -244,6 +258,31 @@ def rule_rate_interval(d: Dashboard) -> list[str]:
             if isinstance(node.expr, promql_parser.SubqueryExpr):
                 errors.append(f"panel {panel['title']!r}: subquery {node.expr} is not allowed")
     return errors
+
+
+def _is_event_delta(selector: Any, parents: tuple[Any, ...]) -> bool:
+    """``c - c offset $__interval`` under ``>= 0``, or ``c < c offset $__interval``."""
+    if not parents or not isinstance(parents[-1], promql_parser.BinaryExpr):
+        return False
+    binary = parents[-1]
+    operands: list[Any] = [binary.lhs, binary.rhs]
+    if not all(isinstance(o, promql_parser.VectorSelector) for o in operands):
+        return False
+    if {o.name for o in operands} != {selector.name}:
+        return False
+    if [o.offset is not None for o in operands] != [False, True]:
+        return False
+    if str(binary.op) == "<":
+        return True
+    if str(binary.op) != "-":
+        return False
+    return any(
+        isinstance(p, promql_parser.BinaryExpr)
+        and str(p.op) == ">="
+        and isinstance(p.rhs, promql_parser.NumberLiteral)
+        and p.rhs.val == 0
+        for p in parents[:-1]
+    )
 
 
 def rule_counters_in_rate(d: Dashboard) -> list[str]:
@@ -261,11 +300,11 @@ def rule_counters_in_rate(d: Dashboard) -> list[str]:
                 and isinstance(parents[-1], promql_parser.MatrixSelector)
                 and isinstance(parents[-2], promql_parser.Call)
                 and parents[-2].func.name in RANGE_FUNCTIONS
-            )
+            ) or _is_event_delta(selector, parents)
             if not ok:
                 errors.append(
                     f"panel {panel['title']!r}: counter {selector.name} is not inside "
-                    "rate(), irate() or increase()"
+                    f"rate(), irate() or increase(), nor an {EVENT_BARS}"
                 )
     return errors
 
@@ -301,9 +340,28 @@ def rule_histograms_by_le(d: Dashboard) -> list[str]:
 def rule_metrics_in_catalog(d: Dashboard) -> list[str]:
     errors = []
     for expr in expressions_in_dashboard(d):
-        unknown = metric_names(expr) - CATALOG_NAMES
+        unknown = metric_names(expr) - CATALOG_NAMES - SCRAPE_SERIES
         if unknown:
             errors.append(f"{expr!r} selects metrics not in the catalog: {sorted(unknown)}")
+    return errors
+
+
+def rule_label_values_in_catalog(d: Dashboard) -> list[str]:
+    """Every literal label value a query matches on is one the code emits (catalog)."""
+    errors = []
+    for expr in expressions_in_dashboard(d):
+        for node in iter_nodes(parse(expr, label_value=None)):
+            selector = node.expr
+            if not isinstance(selector, promql_parser.VectorSelector) or selector.name is None:
+                continue
+            spec = next((s for s in METRICS if selector.name in s.exposed_names), None)
+            if spec is None:
+                continue
+            for m in selector.matchers.matchers:
+                if m.name not in spec.labels or m.op != promql_parser.MatchOp.Equal:
+                    continue
+                if m.value not in spec.values_of(m.name):
+                    errors.append(f"{selector.name}{{{m.name}={m.value!r}}} is never emitted")
     return errors
 
 
@@ -320,6 +378,7 @@ RULES: list[Rule] = [
     rule_counters_in_rate,
     rule_histograms_by_le,
     rule_metrics_in_catalog,
+    rule_label_values_in_catalog,
 ]
 
 
@@ -347,17 +406,20 @@ def test_every_panel_queries_the_catalog(name: str) -> None:
     d = load(name)
     used: set[str] = set()
     for panel in iter_panels(d):
+        if panel.get("type") == "row":
+            continue
         names = set().union(*(metric_names(t["expr"]) for t in panel["targets"]))
         assert names, panel["title"]
         used |= names
-    assert used <= CATALOG_NAMES
+    assert used <= CATALOG_NAMES | SCRAPE_SERIES
     assert len(used) >= 5
 
 
 def test_lifecycle_dashboard_covers_the_lifecycle_metrics() -> None:
     used = set().union(*(metric_names(e) for e in expressions_in_dashboard(load("lifecycle.json"))))
     assert {
-        "gateway_startup_duration_seconds_bucket",
+        "gateway_startup_duration_seconds_sum",
+        "gateway_startup_duration_seconds_count",
         "gateway_last_startup_duration_seconds",
         "gateway_component_init_duration_seconds_sum",
         "gateway_lifecycle_state",
@@ -367,7 +429,47 @@ def test_lifecycle_dashboard_covers_the_lifecycle_metrics() -> None:
         "leader_election_churn_total",
         "gateway_config_reloads_total",
         "gateway_config_revision",
+        "gateway_start_time_seconds",
+        "up",
     } <= used
+
+
+def _without_selectors(expr: str) -> str:
+    text = expr.replace('{cluster=~"$cluster", job=~"$job", instance=~"$instance"}', "")
+    return " ".join(text.split())
+
+
+def test_alert_quantity_panels_draw_the_alert() -> None:
+    alerts = {a["alert"]: a for a in alert_rules(RULES_FILE)}
+    panels = {p["title"]: p for p in iter_panels(load("lifecycle.json"))}
+    for title, alert in ALERT_QUANTITY_PANELS.items():
+        (target,) = panels[title]["targets"]
+        expr = " ".join(alerts[alert]["expr"].split())
+        quantity, _, threshold = expr.rpartition(") >")
+        assert quantity.startswith("(") and threshold.strip()
+        assert _without_selectors(target["expr"]) == quantity[1:].strip()
+
+
+def test_rows_group_the_lifecycle_dashboard() -> None:
+    rows = [p["title"] for p in load("lifecycle.json")["panels"] if p["type"] == "row"]
+    assert rows == ["Availability", "Startup", "Lifecycle and services", "Leadership", "Config"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_restart_and_reload_annotations(name: str) -> None:
+    annotations = {a["name"]: a for a in load(name)["annotations"]["list"]}
+    assert {"Restarts", "Config reloads"} <= set(annotations)
+    for title in ("Restarts", "Config reloads"):
+        annotation = annotations[title]
+        assert annotation["datasource"] == DATASOURCE and annotation["enable"] is True
+        names = metric_names(annotation["expr"])
+        assert names and names <= CATALOG_NAMES
+        for node in iter_nodes(parse(annotation["expr"], label_value=None)):
+            if isinstance(node.expr, promql_parser.VectorSelector):
+                labels = {m.name: m.value for m in node.expr.matchers.matchers}
+                assert {k: labels.get(k) for k in SELECTOR_LABELS} == {
+                    k: f"${k}" for k in SELECTOR_LABELS
+                }
 
 
 def test_traffic_dashboard_covers_the_traffic_metrics() -> None:
@@ -397,19 +499,20 @@ STATES = [
 
 
 def _lifecycle_state_series() -> list[dict[str, str]]:
-    # Worker 1 of instance a serves, worker 2 drains.
-    current = {"1": "serving", "2": "draining"}
-    return [
-        {
-            "series": (
-                f'gateway_lifecycle_state{{job="routeiq", instance="a", pid="{pid}", '
-                f'state="{state}"}}'
-            ),
-            "values": f"{int(state == current[pid])}x10",
-        }
-        for pid in current
-        for state in STATES
-    ]
+    # Live workers per state (livesum): instance a has two serving workers; instance b has one
+    # serving and one draining worker.
+    current = {"a": {"serving": 2}, "b": {"serving": 1, "draining": 1}}
+    series = []
+    for instance, workers in current.items():
+        for state in STATES:
+            labels = f'job="routeiq", instance="{instance}", state="{state}"'
+            series.append(
+                {
+                    "series": f"gateway_lifecycle_state{{{labels}}}",
+                    "values": f"{workers.get(state, 0)}x10",
+                }
+            )
+    return series
 
 
 def test_queries_evaluate_in_prometheus(tmp_path: Path) -> None:
@@ -424,7 +527,7 @@ def test_queries_evaluate_in_prometheus(tmp_path: Path) -> None:
         for e in expressions_in_dashboard(load(name))
     ]
     (state_panel,) = [
-        p for p in load("lifecycle.json")["panels"] if p["title"] == "Lifecycle state"
+        p for p in iter_panels(load("lifecycle.json")) if p["title"] == "Lifecycle state"
     ]
     mapping = state_panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
     index = {option["text"]: int(value) for value, option in mapping.items()}
@@ -436,8 +539,8 @@ def test_queries_evaluate_in_prometheus(tmp_path: Path) -> None:
             "expr": state_expr,
             "eval_time": "5m",
             "exp_samples": [
-                {"labels": '{instance="a", pid="1"}', "value": index["serving"]},
-                {"labels": '{instance="a", pid="2"}', "value": index["draining"]},
+                {"labels": '{instance="a"}', "value": index["serving"]},
+                {"labels": '{instance="b"}', "value": index["draining"]},
             ],
         }
     )
@@ -468,15 +571,15 @@ def test_queries_evaluate_in_prometheus(tmp_path: Path) -> None:
 # --- the rules can fail --------------------------------------------------------------------
 
 
-def _first_target(d: Dashboard) -> dict[str, Any]:
-    return dict(d["panels"][0]["targets"][0])
+def _first_panel(d: Dashboard) -> dict[str, Any]:
+    return next(p for p in d["panels"] if p.get("type") != "row")
 
 
 def _set_first_expr(d: Dashboard, expr: str) -> None:
-    d["panels"][0]["targets"][0]["expr"] = expr
+    _first_panel(d)["targets"][0]["expr"] = expr
 
 
-SEL = 'job=~"$job", instance=~"$instance"'
+SEL = 'cluster=~"$cluster", job=~"$job", instance=~"$instance"'
 BREAKAGES: list[tuple[Rule, Callable[[Dashboard], None]]] = [
     (rule_model, lambda d: d.update(editable=True)),
     (rule_model, lambda d: d.update(schemaVersion=16)),
@@ -492,12 +595,12 @@ BREAKAGES: list[tuple[Rule, Callable[[Dashboard], None]]] = [
         rule_job_instance_variables,
         lambda d: d["templating"]["list"][1].update(query="label_values(up, job)"),
     ),
-    (rule_panel_datasource, lambda d: d["panels"][0].update(datasource={"uid": "prom-1"})),
-    (rule_panel_datasource, lambda d: d["panels"][0]["targets"][0].pop("datasource")),
-    (rule_panel_ids_and_layout, lambda d: d["panels"][1].update(id=d["panels"][0]["id"])),
-    (rule_panel_ids_and_layout, lambda d: d["panels"][1].update(gridPos=d["panels"][0]["gridPos"])),
-    (rule_units_and_descriptions, lambda d: d["panels"][0].pop("description")),
-    (rule_units_and_descriptions, lambda d: d["panels"][0]["fieldConfig"]["defaults"].pop("unit")),
+    (rule_panel_datasource, lambda d: d["panels"][1].update(datasource={"uid": "prom-1"})),
+    (rule_panel_datasource, lambda d: d["panels"][1]["targets"][0].pop("datasource")),
+    (rule_panel_ids_and_layout, lambda d: d["panels"][2].update(id=d["panels"][1]["id"])),
+    (rule_panel_ids_and_layout, lambda d: d["panels"][2].update(gridPos=d["panels"][1]["gridPos"])),
+    (rule_units_and_descriptions, lambda d: d["panels"][1].pop("description")),
+    (rule_units_and_descriptions, lambda d: d["panels"][1]["fieldConfig"]["defaults"].pop("unit")),
     (rule_promql_parses, lambda d: _set_first_expr(d, "sum(rate(x[$__rate_interval])")),
     (
         rule_job_instance_matchers,
@@ -526,8 +629,24 @@ BREAKAGES: list[tuple[Rule, Callable[[Dashboard], None]]] = [
         ),
     ),
     (
+        rule_counters_in_rate,
+        lambda d: _set_first_expr(
+            d, f"gateway_tokens_total{{{SEL}}} - gateway_tokens_total{{{SEL}}} offset 1m"
+        ),
+    ),
+    (
         rule_metrics_in_catalog,
         lambda d: _set_first_expr(d, f"gateway_startup_seconds{{{SEL}}}"),
+    ),
+    (
+        rule_label_values_in_catalog,
+        lambda d: _set_first_expr(d, f'gateway_lifecycle_state{{{SEL}, state="running"}}'),
+    ),
+    (
+        rule_label_values_in_catalog,
+        lambda d: _set_first_expr(
+            d, f'gateway_component_init_duration_seconds_count{{{SEL}, component="strategies"}}'
+        ),
     ),
 ]
 
@@ -546,3 +665,11 @@ def test_rule_catches_a_broken_dashboard(rule: Rule, breakage: Callable[[Dashboa
 
 def test_every_rule_has_a_breakage() -> None:
     assert {rule for rule, _ in BREAKAGES} == set(RULES)
+
+
+def test_panels_named_in_the_runbooks_exist() -> None:
+    text = (REPO / "docs" / "runbooks.md").read_text(encoding="utf-8")
+    quoted = {" ".join(q.split()) for q in re.findall(r'"([A-Z][^"$]*)"', text)}
+    titles = {str(p.get("title")) for name in EXPECTED for p in iter_panels(load(name))}
+    assert "Target health" in quoted
+    assert quoted - titles == set()

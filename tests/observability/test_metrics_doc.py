@@ -12,7 +12,13 @@ import pytest
 
 from routeiq.observability.catalog import METRICS, MetricSpec
 
-from .promql import alert_rules, expressions_in_dashboard, iter_panels, metric_names
+from .promql import (
+    SCRAPE_SERIES,
+    alert_rules,
+    expressions_in_dashboard,
+    iter_panels,
+    metric_names,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS_DOC = REPO / "docs" / "metrics.md"
@@ -30,6 +36,7 @@ class Row:
     mode: str
     meaning: str
     used_by: str
+    values: dict[str, tuple[str, ...]]
 
 
 def _cells(line: str) -> list[str]:
@@ -46,6 +53,18 @@ def _labels(cell: str) -> tuple[str, ...]:
     return tuple(labels)
 
 
+def _values(cell: str) -> dict[str, tuple[str, ...]]:
+    """``label → values`` of a labels cell: the backquoted words after each label's colon."""
+    if cell == NONE:
+        return {}
+    found: dict[str, tuple[str, ...]] = {}
+    for part in cell.split("<br>"):
+        names, _, values = part.partition(":")
+        for label in re.findall(r"`(\w+)`", names):
+            found[label] = tuple(re.findall(r"`([^`]+)`", values))
+    return found
+
+
 def parse_table(text: str) -> list[Row]:
     lines = [line for line in text.splitlines() if line.startswith("|")]
     assert lines, "docs/metrics.md has no table"
@@ -56,7 +75,17 @@ def parse_table(text: str) -> list[Row]:
         assert len(cells) == len(COLUMNS), line
         name = re.fullmatch(r"`(\w+)`", cells[0])
         assert name, f"metric cell {cells[0]!r} is not a `name`"
-        rows.append(Row(name[1], cells[1], _labels(cells[2]), cells[3], cells[4], cells[5]))
+        rows.append(
+            Row(
+                name[1],
+                cells[1],
+                _labels(cells[2]),
+                cells[3],
+                cells[4],
+                cells[5],
+                _values(cells[2]),
+            )
+        )
     return rows
 
 
@@ -81,10 +110,10 @@ def usage() -> dict[str, tuple[set[str], set[str]]]:
     for path in DASHBOARDS:
         for panel in iter_panels(json.loads(path.read_text(encoding="utf-8"))):
             for target in panel.get("targets", []):
-                for series in metric_names(target["expr"]):
+                for series in metric_names(target["expr"]) - SCRAPE_SERIES:
                     used[base_name(series)][0].add(panel["title"])
     for alert in alert_rules(RULES_FILE):
-        for series in metric_names(alert["expr"]):
+        for series in metric_names(alert["expr"]) - SCRAPE_SERIES:
             used[base_name(series)][1].add(alert["alert"])
     return used
 
@@ -113,6 +142,14 @@ def test_row_matches_the_catalog(spec: MetricSpec) -> None:
     assert row.meaning
 
 
+@pytest.mark.parametrize("spec", [s for s in METRICS if s.label_values], ids=lambda s: s.name)
+def test_label_values_are_the_ones_the_catalog_lists(spec: MetricSpec) -> None:
+    # The catalog's label_values are checked against a real gateway in test_metrics.py.
+    row = doc_rows()[spec.name]
+    for label, values in spec.label_values:
+        assert set(row.values[label]) == set(values), label
+
+
 @pytest.mark.parametrize("spec", METRICS, ids=lambda s: s.name)
 def test_used_by_names_exactly_the_panels_and_alerts(spec: MetricSpec) -> None:
     panels, alerts = usage()[spec.name]
@@ -128,7 +165,7 @@ def test_every_metric_used_by_dashboards_and_alerts_is_documented() -> None:
     exprs += [a["expr"] for a in alert_rules(RULES_FILE)]
     assert exprs
     for expr in exprs:
-        for series in metric_names(expr):
+        for series in metric_names(expr) - SCRAPE_SERIES:
             assert base_name(series) in documented, expr
 
 
@@ -136,5 +173,6 @@ def test_parser_reads_labels_and_rejects_a_bad_table() -> None:
     assert _labels("`from_state`, `to_state`: the states") == ("from_state", "to_state")
     assert _labels("`route`: `/v1/models`<br>`model`: `other`") == ("route", "model")
     assert _labels("`component`: `config`, `hook:<name>`") == ("component",)
+    assert _values("`a`: `x`, `<name>` (a name)<br>`b`: `y`") == {"a": ("x", "<name>"), "b": ("y",)}
     with pytest.raises(AssertionError):
         parse_table("| Metric | Type |\n|---|---|\n| `x` | gauge |\n")

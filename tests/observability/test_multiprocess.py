@@ -59,14 +59,6 @@ def value(found: list[Sample], name: str, **labels: str) -> float | None:
     return matching[0] if matching else None
 
 
-def pids_of(found: list[Sample], name: str, **labels: str) -> dict[int, float]:
-    return {
-        int(lab["pid"]): v
-        for n, lab, v in found
-        if n == name and {k: lab.get(k) for k in labels} == labels
-    }
-
-
 def writer_env(directory: Path) -> dict[str, str]:
     return gateway_env({"PROMETHEUS_MULTIPROC_DIR": str(directory)})
 
@@ -113,20 +105,19 @@ def test_prepare_removes_live_gauges_of_dead_workers_and_keeps_the_rest(
     dead = write_dead_worker(directory, requests=5, startup_s=3.0)
     alive = live_worker(directory, requests=2, startup_s=2.0)
     before = {p.name for p in directory.iterdir()}
-    assert {f"gauge_liveall_{dead}.db", f"gauge_livesum_{dead}.db", f"counter_{dead}.db"} <= before
+    assert {f"gauge_livemax_{dead}.db", f"gauge_livesum_{dead}.db", f"counter_{dead}.db"} <= before
 
     assert prepare_multiprocess_dir(directory) == 1
     after = {p.name for p in directory.iterdir()}
-    assert before - after == {
-        f"gauge_liveall_{dead}.db",
-        f"gauge_livesum_{dead}.db",
-        f"gauge_livemax_{dead}.db",
-    }
+    assert before - after == {f"gauge_livesum_{dead}.db", f"gauge_livemax_{dead}.db"}
     prepare_multiprocess_dir(directory)
     assert {p.name for p in directory.iterdir()} == after
 
     found = samples(render_process_group(directory)[0].decode())
-    assert pids_of(found, "gateway_lifecycle_state", state="serving") == {alive: 1.0}
+    # Live workers per state: the dead worker's serving state is gone, and no pid label.
+    assert alive != dead
+    assert value(found, "gateway_lifecycle_state", state="serving") == 1.0
+    assert not [n for n, labels, _ in found if "pid" in labels]
     assert value(found, "gateway_inflight_requests") == 1.0
     route = {"route": "/v1/models", "model": "other", "status_class": "2xx"}
     assert value(found, "gateway_requests_total", **route) == 7.0
@@ -216,7 +207,7 @@ def test_metrics_on_either_worker_report_the_whole_process_group(
 ) -> None:
     directory = tmp_path / "multiproc"
     directory.mkdir()
-    # A worker of an earlier run: its liveall/livesum gauges must go, its counters stay.
+    # A worker of an earlier run: its live-mode gauges must go, its counters stay.
     dead = write_dead_worker(directory, requests=4, startup_s=1.0)
     gateway: GatewayProcess = start_gateway(
         "hypercorn", env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}, args=["--workers", "2"]
@@ -236,10 +227,15 @@ def test_metrics_on_either_worker_report_the_whole_process_group(
     assert set(texts) == workers
     for pid, (text,) in texts.items():
         found = samples(text)
-        assert pids_of(found, "gateway_lifecycle_state", state="serving") == dict.fromkeys(
-            workers, 1.0
-        ), f"/metrics of worker {pid}"
-        assert set(pids_of(found, "gateway_lifecycle_state")) == workers
+        assert value(found, "gateway_lifecycle_state", state="serving") == len(workers), (
+            f"/metrics of worker {pid}"
+        )
+        assert not [n for n, labels, _ in found if "pid" in labels]
+        assert not [n for n, _, _ in found if n.endswith("_created")]
+        # Initialised by every worker, summed: present at 0 before any failure.
+        assert value(found, "gateway_startup_failures_total", phase="patch") == 0
+        start = value(found, "gateway_start_time_seconds")
+        assert start is not None and start <= time.time()
         assert value(found, "gateway_requests_total", **CHAT_SERIES) == sent
         assert value(found, "gateway_startup_duration_seconds_count") == 2
         assert value(found, "gateway_inflight_requests") == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from routeiq.config.loader import load_config
-from routeiq.errors import StartupError
+from routeiq.errors import ConfigError, StartupError
 from routeiq.lifecycle.clock import ManualClock
 from routeiq.lifecycle.events import EventKind, EventLog
 from routeiq.lifecycle.gateway import Gateway
@@ -27,9 +28,11 @@ from routeiq.observability.tracing import (
     OTLP_INSTALL_HINT,
     build_tracer_provider,
     current_request_span,
+    otlp_problems,
     provider_name,
     request_span,
 )
+from tests.support.procs import BIN, free_port, gateway_env
 
 PHASES = ["configure", "observe", "patch", "serve"]
 MODEL = {
@@ -482,15 +485,44 @@ def test_tracer_provider_is_per_instance_and_never_global() -> None:
     second.shutdown()
 
 
-def test_otlp_export_needs_the_extra() -> None:
+def _otlp_installed() -> bool:
     try:
         import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
     except ImportError:
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
-        with pytest.raises(ImportError, match=OTLP_INSTALL_HINT.replace("[", r"\[")):
-            build_tracer_provider(load_config({}), "w1", env=env)
-    else:
-        provider = build_tracer_provider(
-            load_config({}), "w1", env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
-        )
-        provider.shutdown()
+        return False
+    return True
+
+
+def test_otlp_export_needs_the_extra() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    if _otlp_installed():
+        assert otlp_problems(env) == []
+        build_tracer_provider(load_config({}), "w1", env=env).shutdown()
+        return
+    with pytest.raises(ConfigError) as raised:
+        build_tracer_provider(load_config({}), "w1", env=env)
+    assert raised.value.problems == tuple(otlp_problems(env))
+    ((variable, message),) = raised.value.problems
+    assert variable == "OTEL_EXPORTER_OTLP_ENDPOINT"
+    assert OTLP_INSTALL_HINT in message
+    assert otlp_problems({}) == [] == otlp_problems({"OTEL_EXPORTER_OTLP_ENDPOINT": ""})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_serve_with_an_otlp_endpoint_but_no_extra_exits_2_with_the_install_hint() -> None:
+    if _otlp_installed():
+        pytest.skip("the otlp extra is installed here: the endpoint is valid")
+    env = gateway_env({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"})
+    result = subprocess.run(
+        [str(BIN / "routeiq"), "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in result.stderr
+    assert OTLP_INSTALL_HINT in result.stderr
+    assert "Traceback" not in result.stderr

@@ -2,18 +2,30 @@
 
 ``PrometheusServer`` writes a config scraping ``targets`` (``"127.0.0.1:<port>"``) every
 ``interval`` under one job, with ``rule_files`` evaluated at the same interval, and runs
-Prometheus on a free loopback port with a temporary data dir. Instant queries go through
-``/api/v1/query``, alerts through ``/api/v1/alerts``. The binary is ``prometheus`` from PATH,
-else the copy ``scripts/setup dev`` unpacks from Debian's package under ``.cache/tools``.
+Prometheus on a free loopback port with a temporary data dir. With ``discovery=True`` the
+targets come from a file instead (file-based service discovery), which ``set_targets`` rewrites
+while Prometheus runs, with one group per job. Instant queries go through ``/api/v1/query``,
+alerts through ``/api/v1/alerts``. ``restart()`` starts it again on fresh storage. The binary is
+``prometheus`` from PATH, else the copy ``scripts/setup dev`` unpacks from Debian's package
+under ``.cache/tools``.
+
+``shorten_rules`` is the one transformation the end-to-end alert test applies to the shipped
+rules, so that windows of minutes run in seconds: every PromQL duration (range selectors,
+``offset``, subquery ranges) and every ``for`` is divided by ``factor``, ``for`` no shorter than
+``min_for``, and a number of seconds subtracted from ``time()`` (a window written as seconds) is
+divided by ``factor`` too. Thresholds and everything else stay as written.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +36,7 @@ import yaml
 
 from tests.support.procs import REPO, free_port
 
-__all__ = ["PrometheusServer", "prometheus_path", "running_prometheus"]
+__all__ = ["PrometheusServer", "prometheus_path", "running_prometheus", "shorten_rules"]
 
 PROMETHEUS_FALLBACK = REPO / ".cache" / "tools" / "prom" / "usr" / "bin" / "prometheus"
 
@@ -46,6 +58,7 @@ class PrometheusServer:
     rule_files: Sequence[Path] = ()
     job: str = "routeiq"
     interval: str = "1s"
+    discovery: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: IO[bytes] | None = field(default=None, init=False)
@@ -58,7 +71,30 @@ class PrometheusServer:
     def log_path(self) -> Path:
         return self.workdir / "prometheus.log"
 
+    @property
+    def targets_path(self) -> Path:
+        return self.workdir / "targets.json"
+
+    def set_targets(self, groups: Mapping[str, Sequence[str]]) -> None:
+        """Replace the discovered targets: ``job → ["127.0.0.1:<port>", ...]``."""
+        data = [{"targets": list(t), "labels": {"job": job}} for job, t in groups.items()]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        partial = self.targets_path.with_suffix(".tmp")
+        partial.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(partial, self.targets_path)  # atomic: Prometheus never reads half a file
+
     def config(self) -> dict[str, Any]:
+        if self.discovery:
+            if not self.targets_path.exists():
+                self.set_targets({self.job: list(self.targets)})
+            scrape: dict[str, Any] = {
+                "job_name": self.job,
+                "file_sd_configs": [
+                    {"files": [str(self.targets_path)], "refresh_interval": self.interval}
+                ],
+            }
+        else:
+            scrape = {"job_name": self.job, "static_configs": [{"targets": list(self.targets)}]}
         return {
             "global": {
                 "scrape_interval": self.interval,
@@ -66,9 +102,7 @@ class PrometheusServer:
                 "evaluation_interval": self.interval,
             },
             "rule_files": [str(path) for path in self.rule_files],
-            "scrape_configs": [
-                {"job_name": self.job, "static_configs": [{"targets": list(self.targets)}]}
-            ],
+            "scrape_configs": [scrape],
         }
 
     def start(self) -> PrometheusServer:
@@ -145,6 +179,11 @@ class PrometheusServer:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}")
             time.sleep(poll)
 
+    def restart(self) -> None:
+        """Stop, drop the stored data, start again: a fresh Prometheus with the same config."""
+        self.stop()
+        self.start().wait_ready()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -181,3 +220,44 @@ def running_prometheus(
         yield server
     finally:
         server.stop()
+
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RANGE = re.compile(r"\[(\d+(?:ms|s|m|h|d))(?::(\d+(?:ms|s|m|h|d))?)?\]")
+_OFFSET = re.compile(r"\boffset\s+(\d+(?:ms|s|m|h|d))")
+_TIME_MINUS = re.compile(r"time\(\)\s*-\s*(\d+(?:\.\d+)?)")
+
+
+def _seconds(duration: str) -> float:
+    total = 0.0
+    for number, unit in _DURATION.findall(duration):
+        total += int(number) * _UNIT_S[unit]
+    return total
+
+
+def _duration(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"
+
+
+def shorten_rules(text: str, *, factor: float, min_for: float = 0.0) -> str:
+    """The rule file ``text`` with its windows divided by ``factor`` (see the module doc)."""
+    document = yaml.safe_load(text)
+
+    def scale(match: re.Match[str]) -> str:
+        return match.group(0).replace(
+            match.group(1), _duration(_seconds(match.group(1)) / factor), 1
+        )
+
+    def scale_number(match: re.Match[str]) -> str:
+        return f"time() - {float(match.group(1)) / factor:g}"
+
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            expr = _RANGE.sub(scale, str(rule["expr"]))
+            expr = _OFFSET.sub(scale, expr)
+            rule["expr"] = _TIME_MINUS.sub(scale_number, expr)
+            if "for" in rule:
+                rule["for"] = _duration(max(_seconds(str(rule["for"])) / factor, min_for))
+    dumped: str = yaml.safe_dump(document, sort_keys=False)
+    return dumped
