@@ -339,6 +339,12 @@ class Gateway:
                 passthrough = Passthrough.create(default_timeout_s=request_timeout_s(config))
                 self.extensions["passthrough"] = passthrough
             self._on_undo(undo, "http_client", passthrough.close)
+        if config.routeiq.mcp.enabled:
+            from routeiq.mcp.component import open_mcp
+
+            with self._component("mcp_registry"):
+                self.extensions["mcp"], close_mcp = await open_mcp(self, self._env)
+            self._on_undo(undo, "mcp_registry", close_mcp)
 
     async def _phase_serve(self, supervisor: Supervisor) -> None:
         config = self._config()
@@ -359,6 +365,10 @@ class Gateway:
         for name, service in await start_coordination(self, supervisor, self._litellm, self._env):
             with self._component(name):
                 await supervisor.start(service)
+        if "mcp" in self.extensions:
+            for service in self.extensions["mcp"].services(supervisor):
+                with self._component(service.name):
+                    await supervisor.start(service)
 
     async def _run_hooks(self, phase: str, undo: AsyncExitStack) -> None:
         config = self.config

@@ -1,0 +1,87 @@
+"""The MCP gateway end to end: real MCP servers (the SDK, on loopback) behind ``/mcp``."""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from tests.mcp.conftest import MASTER, ServeFactory
+from tests.mcp.servers import mcp_servers, tool_text
+
+pytestmark = pytest.mark.anyio
+
+
+def client(url: str, key: str = MASTER) -> Client:
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return Client(streamable_http_client(url, http_client=http), cache=None)
+
+
+async def wait_tools(c: Client, predicate, timeout: float = 15.0) -> list[str]:
+    with anyio.fail_after(timeout):
+        while True:
+            names = sorted(t.name for t in (await c.list_tools()).tools)
+            if predicate(names):
+                return names
+            await anyio.sleep(0.05)
+
+
+async def test_list_call_errors_and_validation(serve_gateway: ServeFactory, tmp_path) -> None:
+    async with mcp_servers("alpha", "beta") as servers:
+        mcp = {
+            "servers": [
+                {"name": "alpha", "url": servers["alpha"].url},
+                {"name": "beta", "url": servers["beta"].url, "tools_deny": ["slow", "grow"]},
+            ],
+            "store_path": str(tmp_path / "registry.sqlite"),
+            "call_timeout_s": 0.5,
+        }
+        async with serve_gateway(mcp) as gw, client(gw.mcp_url) as c:
+            names = await wait_tools(c, lambda n: "beta.echo" in n and "alpha.echo" in n)
+            assert names == [
+                "alpha.add", "alpha.echo", "alpha.fail", "alpha.grow", "alpha.slow",
+                "beta.add", "beta.echo", "beta.fail",
+            ]  # fmt: skip
+
+            assert tool_text(await c.call_tool("alpha.echo", {"text": "hi"})) == "alpha:hi"
+            assert tool_text(await c.call_tool("beta.echo", {"text": "hi"})) == "beta:hi"
+            added = await c.call_tool("beta.add", {"a": 2, "b": 3})
+            assert added.structured_content == {"result": 5}
+
+            failed = await c.call_tool("alpha.fail", {"reason": "because"})
+            assert failed.is_error
+            assert "failed on purpose: because" in tool_text(failed)
+
+            with pytest.raises(MCPError) as invalid:
+                await c.call_tool("alpha.add", {"a": "two"})
+            assert invalid.value.code == -32602
+            assert "alpha.add" in invalid.value.message
+
+            with pytest.raises(MCPError) as unknown:
+                await c.call_tool("beta.slow", {"seconds": 0})
+            assert unknown.value.code == -32602
+
+            with pytest.raises(MCPError) as timed_out:
+                await c.call_tool("alpha.slow", {"seconds": 5})
+            assert timed_out.value.code == -32001
+
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"{gw.url}/metrics")).text
+            assert 'gateway_mcp_tool_calls_total{outcome="ok",server="alpha",tool="echo"} 1.0' in metrics
+            assert 'outcome="tool_error",server="alpha",tool="fail"} 1.0' in metrics
+            assert 'outcome="invalid_arguments",server="alpha",tool="add"} 1.0' in metrics
+            assert 'outcome="timeout",server="alpha",tool="slow"} 1.0' in metrics
+            assert 'gateway_mcp_server_up{server="beta"} 1.0' in metrics
+
+
+async def test_wrong_key_is_refused(serve_gateway: ServeFactory, tmp_path) -> None:
+    async with serve_gateway({"store_path": str(tmp_path / "r.sqlite")}) as gw:
+        async with httpx.AsyncClient() as http:
+            reply = await http.post(gw.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert reply.status_code == 401
+        assert "key" in reply.json()["error"]["message"]
