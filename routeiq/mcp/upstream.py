@@ -4,8 +4,9 @@
 down never blocks startup; then it connects (after the SSRF guard checked the resolved
 address), lists the server's tools, and keeps the session: a ``subscriptions/listen`` stream
 (or, on a pre-2026 server, the ``notifications/tools/list_changed`` notification) refreshes the
-tool list, and a ping every ``health_interval_s`` notices a server that went away. A failed
-connection or ping marks the server down (its tools leave the union at once) and the session
+tool list, and a fresh ``tools/list`` every ``health_interval_s`` notices a server that went
+away. A failed
+connection or health check marks the server down (its tools leave the union at once) and the session
 reconnects with exponential backoff. ``stop()`` ends the service: the session is closed and
 the service exits (it is ``transient``: an exit is not restarted).
 
@@ -105,7 +106,7 @@ class UpstreamSession:
                     try:
                         await self._session()
                     except Exception as exc:  # any failure of the session: reconnect later
-                        self._mark_down(describe(exc))
+                        self._mark_down(describe(_leaf(exc)))
                     else:
                         self._mark_down("session ended")
                     attempt = 0 if self._connected else attempt + 1
@@ -162,9 +163,11 @@ class UpstreamSession:
                 tg.start_soon(self._listen, client)
             tg.start_soon(self._refresh_on_request, client)
             while True:
+                # The health check is a fresh tools/list (ping is gone as of 2026-07-28); it
+                # also catches a changed list from a server that does not announce changes.
                 await self._sleep(self._settings.health_interval_s)
-                with anyio.fail_after(self._settings.connect_timeout_s):
-                    await client.send_ping()
+                if await self._list(client):
+                    self._on_change()
 
     async def _listen(self, client: Client) -> None:
         async with client.listen(tools_list_changed=True) as subscription:
@@ -176,9 +179,8 @@ class UpstreamSession:
         while True:
             await self._refresh.wait()
             self._refresh = anyio.Event()
-            with anyio.fail_after(self._settings.connect_timeout_s):
-                await self._list(client)
-            self._on_change()
+            if await self._list(client):
+                self._on_change()
 
     async def _on_message(self, message: Any) -> None:
         # Pre-2026 servers announce list changes as a plain notification.
@@ -190,7 +192,8 @@ class UpstreamSession:
         ):
             self._refresh.set()
 
-    async def _list(self, client: Client) -> None:
+    async def _list(self, client: Client) -> bool:
+        """Refresh ``tools``; True if they changed. Unchanged tools keep their identity."""
         tools: dict[str, Tool] = {}
         cursor: str | None = None
         for _page in range(100):
@@ -198,11 +201,14 @@ class UpstreamSession:
                 page = await client.list_tools(cursor=cursor, cache_mode="refresh")
             for tool in page.tools:
                 if self.spec.exposes(tool.name):
-                    tools[tool.name] = tool
+                    old = self.tools.get(tool.name)
+                    tools[tool.name] = old if old == tool else tool
             cursor = page.next_cursor
             if cursor is None:
                 break
+        changed = tools != self.tools
         self.tools = tools
+        return changed
 
     def _mark_up(self) -> None:
         self.up, self.last_error = True, None
@@ -230,3 +236,10 @@ class UpstreamSession:
                 error=error,
             )
             self._on_change()
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups, for a readable message."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

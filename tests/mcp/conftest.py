@@ -67,7 +67,9 @@ def gateway_config(path: Path, mcp: dict[str, Any], **routeiq: Any) -> Path:
 
 
 @asynccontextmanager
-async def served(config_path: Path, env: dict[str, str] | None = None) -> AsyncIterator[ServedGateway]:
+async def served(
+    config_path: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[ServedGateway]:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -98,8 +100,35 @@ ServeFactory = Callable[..., AbstractAsyncContextManager[ServedGateway]]
 
 @pytest.fixture
 def serve_gateway(tmp_path: Path) -> ServeFactory:
-    def make(mcp: dict[str, Any], name: str = "gw", **routeiq: Any):
+    def make(
+        mcp: dict[str, Any], name: str = "gw", env: dict[str, str] | None = None, **routeiq: Any
+    ) -> AbstractAsyncContextManager[ServedGateway]:
         path = gateway_config(tmp_path / f"{name}.yaml", mcp, **routeiq)
-        return served(path)
+        return served(path, env)
 
     return make
+
+
+@asynccontextmanager
+async def mcp_client(url: str, key: str = MASTER) -> AsyncIterator[Any]:
+    """The SDK's client for ``/mcp``, with the gateway key on its HTTP client."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        Client(streamable_http_client(url, http_client=http), cache=None) as client,
+    ):
+        yield client
+
+
+async def wait_tools(client: Any, predicate: Callable[[list[str]], bool]) -> list[str]:
+    """Poll ``tools/list`` until ``predicate`` holds (bounded: 20 s)."""
+    with anyio.fail_after(20):
+        while True:
+            names = sorted(t.name for t in (await client.list_tools()).tools)
+            if predicate(names):
+                return names
+            await anyio.sleep(0.05)

@@ -1,23 +1,24 @@
-"""Real MCP servers for tests, built with the ``mcp`` SDK and served by hypercorn on loopback.
+"""Real MCP servers for tests, built with the ``mcp`` SDK, served by hypercorn on loopback.
 
-``McpTestServer`` serves on a fixed port that survives ``stop()``/``start()``, so a test can
-take a server away (its listener is gone: connection refused) and bring the same one back.
-Nothing is started at import.
+Each ``McpTestServer`` is its own process on a fixed port that survives ``stop()`` (SIGKILL)
+and ``start()``, so a test can kill a server and bring the same one back. Nothing is started
+at import.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from tests.support.procs import free_port
+from tests.support.procs import REPO, free_port
 
 __all__ = ["McpTestServer", "build_server", "mcp_servers"]
 
@@ -63,53 +64,39 @@ def build_server(name: str) -> MCPServer:
 
 @dataclass
 class McpTestServer:
+    """One MCP server in its own process (``python -m tests.mcp.servers NAME PORT``)."""
+
     name: str
-    tg: TaskGroup
     port: int = field(default_factory=free_port)
-    server: MCPServer | None = None
-    _stop: anyio.Event | None = None
-    _done: anyio.Event | None = None
+    _proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     async def start(self) -> None:
-        from hypercorn.asyncio import serve
-        from hypercorn.config import Config
-
-        self.server = build_server(self.name)
-        app = self.server.streamable_http_app()
-        config = Config()
-        config.bind = [f"127.0.0.1:{self.port}"]
-        config.graceful_timeout = 0.1
-        config.accesslog = None
-        config.errorlog = None
-        stop = anyio.Event()
-        done = anyio.Event()
-        self._stop, self._done = stop, done
-
-        async def run() -> None:
-            try:
-                await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-            finally:
-                done.set()
-
-        self.tg.start_soon(run)
-        await _wait_listening(self.port)
+        self._proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; we then poll the port
+            [sys.executable, "-m", "tests.mcp.servers", self.name, str(self.port)],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        await _wait_listening(self.port, self._proc)
 
     async def stop(self) -> None:
-        """Take the server away: its listener closes, open streams are cut after 0.1 s."""
-        if self._stop is not None and self._done is not None:
-            self._stop.set()
-            with anyio.fail_after(10):
-                await self._done.wait()
-        self._stop = self._done = None
+        """Kill the server (SIGKILL): its connections drop, its port refuses."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            await anyio.to_thread.run_sync(proc.wait)
 
 
-async def _wait_listening(port: int) -> None:
-    with anyio.fail_after(10):
+async def _wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    with anyio.fail_after(60):
         while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the MCP test server exited with {proc.returncode}")
             try:
                 stream = await anyio.connect_tcp("127.0.0.1", port)
             except OSError:
@@ -121,16 +108,34 @@ async def _wait_listening(port: int) -> None:
 
 @asynccontextmanager
 async def mcp_servers(*names: str) -> AsyncIterator[dict[str, McpTestServer]]:
-    async with anyio.create_task_group() as tg:
-        servers = {n: McpTestServer(n, tg) for n in names}
-        for server in servers.values():
-            await server.start()
-        try:
-            yield servers
-        finally:
+    servers = {n: McpTestServer(n) for n in names}
+    try:
+        async with anyio.create_task_group() as tg:
             for server in servers.values():
-                await server.stop()
+                tg.start_soon(server.start)
+        yield servers
+    finally:
+        for server in servers.values():
+            await server.stop()
 
 
 def tool_text(result: Any) -> str:
     return "".join(getattr(block, "text", "") for block in result.content)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import asyncio
+
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    name, port = (argv or sys.argv[1:])[:2]
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    app = build_server(name).streamable_http_app()
+    asyncio.run(serve(app, config))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()

@@ -5,30 +5,12 @@ from __future__ import annotations
 import anyio
 import httpx
 import pytest
-from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.mcp.conftest import MASTER, ServeFactory
+from tests.mcp.conftest import ServeFactory, mcp_client, wait_tools
 from tests.mcp.servers import mcp_servers, tool_text
 
 pytestmark = pytest.mark.anyio
-
-
-def client(url: str, key: str = MASTER) -> Client:
-    import httpx2
-    from mcp.client.streamable_http import streamable_http_client
-
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30)
-    return Client(streamable_http_client(url, http_client=http), cache=None)
-
-
-async def wait_tools(c: Client, predicate, timeout: float = 15.0) -> list[str]:
-    with anyio.fail_after(timeout):
-        while True:
-            names = sorted(t.name for t in (await c.list_tools()).tools)
-            if predicate(names):
-                return names
-            await anyio.sleep(0.05)
 
 
 async def test_list_call_errors_and_validation(serve_gateway: ServeFactory, tmp_path) -> None:
@@ -41,7 +23,7 @@ async def test_list_call_errors_and_validation(serve_gateway: ServeFactory, tmp_
             "store_path": str(tmp_path / "registry.sqlite"),
             "call_timeout_s": 0.5,
         }
-        async with serve_gateway(mcp) as gw, client(gw.mcp_url) as c:
+        async with serve_gateway(mcp) as gw, mcp_client(gw.mcp_url) as c:
             names = await wait_tools(c, lambda n: "beta.echo" in n and "alpha.echo" in n)
             assert names == [
                 "alpha.add", "alpha.echo", "alpha.fail", "alpha.grow", "alpha.slow",
@@ -72,7 +54,8 @@ async def test_list_call_errors_and_validation(serve_gateway: ServeFactory, tmp_
 
             async with httpx.AsyncClient() as http:
                 metrics = (await http.get(f"{gw.url}/metrics")).text
-            assert 'gateway_mcp_tool_calls_total{outcome="ok",server="alpha",tool="echo"} 1.0' in metrics
+            calls = "gateway_mcp_tool_calls_total"
+            assert f'{calls}{{outcome="ok",server="alpha",tool="echo"}} 1.0' in metrics
             assert 'outcome="tool_error",server="alpha",tool="fail"} 1.0' in metrics
             assert 'outcome="invalid_arguments",server="alpha",tool="add"} 1.0' in metrics
             assert 'outcome="timeout",server="alpha",tool="slow"} 1.0' in metrics
@@ -85,3 +68,67 @@ async def test_wrong_key_is_refused(serve_gateway: ServeFactory, tmp_path) -> No
             reply = await http.post(gw.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
         assert reply.status_code == 401
         assert "key" in reply.json()["error"]["message"]
+
+
+async def test_list_changed_is_passed_on(serve_gateway: ServeFactory, tmp_path) -> None:
+    async with mcp_servers("alpha") as servers:
+        mcp = {
+            "servers": [{"name": "alpha", "url": servers["alpha"].url}],
+            "store_path": str(tmp_path / "r.sqlite"),
+        }
+        async with serve_gateway(mcp) as gw, mcp_client(gw.mcp_url) as c:
+            await wait_tools(c, lambda n: "alpha.grow" in n)
+            async with c.listen(tools_list_changed=True) as subscription:
+                assert tool_text(await c.call_tool("alpha.grow", {"tool": "extra"})) == "grown"
+                with anyio.fail_after(15):
+                    async for _event in subscription:
+                        break
+            names = sorted(t.name for t in (await c.list_tools()).tools)
+            assert "alpha.extra" in names
+            assert tool_text(await c.call_tool("alpha.extra", {})) == "alpha:extra"
+
+
+async def test_down_server_never_blocks_and_comes_back(
+    serve_gateway: ServeFactory, tmp_path
+) -> None:
+    async with mcp_servers("alpha", "beta") as servers:
+        await servers["beta"].stop()  # down before the gateway starts
+        mcp = {
+            "servers": [
+                {"name": "alpha", "url": servers["alpha"].url},
+                {"name": "beta", "url": servers["beta"].url},
+            ],
+            "store_path": str(tmp_path / "r.sqlite"),
+            "health_interval_s": 0.2,
+            "reconnect_initial_s": 0.05,
+            "reconnect_max_s": 0.3,
+        }
+        async with serve_gateway(mcp) as gw, mcp_client(gw.mcp_url) as c:
+            names = await wait_tools(c, lambda n: "alpha.echo" in n)
+            assert not [n for n in names if n.startswith("beta.")]
+            assert tool_text(await c.call_tool("alpha.echo", {"text": "up"})) == "alpha:up"
+            view = {row["name"]: row for row in gw.mcp.view()}
+            assert view["beta"]["status"] == "down"
+            assert view["beta"]["last_error"]
+
+            await servers["beta"].start()
+            await wait_tools(c, lambda n: "beta.echo" in n)
+            assert tool_text(await c.call_tool("beta.echo", {"text": "back"})) == "beta:back"
+
+            await servers["beta"].stop()
+            names = await wait_tools(c, lambda n: "beta.echo" not in n)
+            assert "alpha.echo" in names
+            await servers["beta"].start()
+            await wait_tools(c, lambda n: "beta.echo" in n)
+
+            events = [
+                (e.component, e.trigger)
+                for e in gw.app.gateway.events.events
+                if e.component == "mcp:beta" and e.trigger in ("up", "down")
+            ]
+            assert events == [
+                ("mcp:beta", "down"), ("mcp:beta", "up"), ("mcp:beta", "down"), ("mcp:beta", "up")
+            ]  # fmt: skip
+            async with httpx.AsyncClient() as http:
+                startup = (await http.get(f"{gw.url}/_lifecycle/startup")).json()
+            assert "mcp_registry" in str(startup)
