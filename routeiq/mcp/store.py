@@ -131,8 +131,8 @@ class EtcdStore:
     async def load(self) -> dict[str, McpServerSpec]:
         found = await self._call(self._client.get_prefix(self._servers.encode()))
         specs = {}
-        for value, _meta in found:
-            spec = _decode(bytes(value))
+        for kv in found:
+            spec = _decode(bytes(kv.value))
             if spec is not None:
                 specs[spec.name] = spec
         return specs
@@ -152,10 +152,10 @@ class EtcdStore:
         """Leader only: apply pending requests with fenced writes; returns how many."""
         found = await self._call(self._client.get_prefix(self._requests.encode()))
         applied = 0
-        for value, meta in sorted(found, key=lambda item: bytes(item[1].key)):
-            key = bytes(meta.key).decode()
+        for kv in sorted(found, key=lambda item: bytes(item.key)):
+            key = bytes(kv.key).decode()
             try:
-                body = json.loads(bytes(value))
+                body = json.loads(bytes(kv.value))
                 if body.get("op") == "put":
                     spec = McpServerSpec.model_validate(body["spec"])
                     await fenced_put(self.server_key(spec.name), _encode(spec))
