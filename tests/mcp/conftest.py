@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from routeiq.app import GatewayApp, create_app
+from routeiq.lifecycle.gateway import Gateway
 from tests.mcp.servers import _wait_listening
 from tests.support.asgi import close_litellm_clients
 from tests.support.procs import free_port
@@ -40,10 +41,14 @@ class ServedGateway:
         return f"{self.url}/mcp"
 
     @property
-    def mcp(self) -> Any:
+    def gateway(self) -> Gateway:
         gateway = self.app.gateway
         assert gateway is not None
-        return gateway.extensions["mcp"]
+        return gateway
+
+    @property
+    def mcp(self) -> Any:
+        return self.gateway.extensions["mcp"]
 
     def admin(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(

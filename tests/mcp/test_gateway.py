@@ -123,7 +123,7 @@ async def test_down_server_never_blocks_and_comes_back(
 
             events = [
                 (e.component, e.trigger)
-                for e in gw.app.gateway.events.events
+                for e in gw.gateway.events.events
                 if e.component == "mcp:beta" and e.trigger in ("up", "down")
             ]
             assert events == [

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from tests.mcp.conftest import ServeFactory, mcp_client, wait_tools
@@ -91,18 +90,21 @@ async def test_sqlite_registry_admin_api_and_restart(serve_gateway: ServeFactory
             rows = {row["name"]: row for row in listed.json()["servers"]}
             assert rows["alpha"]["source"] == "registry" and rows["beta"]["source"] == "config"
             assert rows["alpha"]["status"] == "up"
-            events = [e.to_dict() for e in gw.app.gateway.events.events]
+            events = [e.to_dict() for e in gw.gateway.events.events]
             assert any(e.get("trigger") == "mcp_server_added" for e in events)
             assert SECRET not in str(events)
 
         # A new gateway on the same file serves what was registered.
-        async with serve_gateway(mcp, name="gw2", env=env) as gw, gw.admin() as admin:
-            async with mcp_client(gw.mcp_url) as c:
-                await wait_tools(c, lambda n: "alpha.echo" in n)
-                gone = await admin.delete("/_admin/mcp/servers/alpha")
-                assert gone.status_code == 204
-                names = await wait_tools(c, lambda n: "alpha.echo" not in n)
-                assert "beta.echo" in names
+        async with (
+            serve_gateway(mcp, name="gw2", env=env) as gw,
+            gw.admin() as admin,
+            mcp_client(gw.mcp_url) as c,
+        ):
+            await wait_tools(c, lambda n: "alpha.echo" in n)
+            gone = await admin.delete("/_admin/mcp/servers/alpha")
+            assert gone.status_code == 204
+            names = await wait_tools(c, lambda n: "alpha.echo" not in n)
+            assert "beta.echo" in names
 
 
 async def test_etcd_registry_across_replicas_and_restart(
@@ -129,5 +131,4 @@ async def test_etcd_registry_across_replicas_and_restart(
         async with serve_gateway({}, name="three", leadership=leadership) as three:
             async with mcp_client(three.mcp_url) as c:
                 await wait_tools(c, lambda n: "alpha.echo" in n)
-            with anyio.fail_after(5):
-                assert [row["name"] for row in three.mcp.view()] == ["alpha"]
+            assert [row["name"] for row in three.mcp.view()] == ["alpha"]
