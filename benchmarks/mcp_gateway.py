@@ -6,7 +6,7 @@ registered, then calls the server's ``echo`` tool sequentially, with the SDK's c
 and through the gateway, in alternating rounds. It prints p50/p90/p99/mean per path and the
 difference (the gateway's added latency).
 
-    python benchmarks/mcp.py --calls 300 --rounds 3
+    python benchmarks/mcp_gateway.py --calls 300 --rounds 3
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from typing import Any
 
 import anyio
 
-# This file is named like the SDK: its own directory must not shadow the ``mcp`` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's tests package
 
 from tests.mcp.conftest import gateway_config, mcp_client, served, wait_tools
@@ -40,9 +38,9 @@ async def _time_calls(client: Any, tool: str, calls: int) -> list[float]:
 
 def _row(name: str, samples: list[float]) -> str:
     ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
-    mean = statistics.fmean(samples) * 1000
-    return f"| {name} | {len(samples)} | {pick(0.5):.2f} | {pick(0.9):.2f} | {pick(0.99):.2f} | {mean:.2f} |"
+    cells = [ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.9, 0.99)]
+    cells.append(statistics.fmean(samples))
+    return f"| {name} | {len(samples)} | " + " | ".join(f"{c * 1000:.2f}" for c in cells) + " |"
 
 
 async def main(calls: int, rounds: int) -> None:
