@@ -106,3 +106,15 @@ class McpSettings(BaseModel):
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
         return self
+
+    @model_validator(mode="after")
+    def _guarded(self) -> McpSettings:
+        from routeiq.mcp.guard import HostGuard, UrlRefused
+
+        guard = HostGuard(self.allow_hosts)
+        for index, server in enumerate(self.servers):
+            try:
+                guard.check_url(server.url)
+            except UrlRefused as exc:
+                raise ValueError(f"servers[{index}].url: {exc}") from None
+        return self
