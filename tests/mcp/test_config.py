@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 MODELS = [{"model_name": "m", "litellm_params": {"model": "openai/m"}}]
 
 
-def parse(mcp: dict) -> object:
+def parse(mcp: dict[str, object]) -> object:
     return parse_config({"model_list": MODELS, "routeiq": {"mcp": mcp}}, {}, source="t.yaml")
 
 

@@ -8,7 +8,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.mcp.conftest import ServeFactory, mcp_client, wait_tools
-from tests.mcp.servers import mcp_servers, tool_text
+from tests.mcp.servers import McpTestServer, mcp_servers, tool_text
 
 pytestmark = pytest.mark.anyio
 
@@ -61,23 +61,7 @@ async def test_list_call_errors_and_validation(serve_gateway: ServeFactory, tmp_
             assert 'outcome="timeout",server="alpha",tool="slow"} 1.0' in metrics
             assert 'gateway_mcp_server_up{server="beta"} 1.0' in metrics
 
-
-async def test_wrong_key_is_refused(serve_gateway: ServeFactory, tmp_path) -> None:
-    async with serve_gateway({"store_path": str(tmp_path / "r.sqlite")}) as gw:
-        async with httpx.AsyncClient() as http:
-            reply = await http.post(gw.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
-        assert reply.status_code == 401
-        assert "key" in reply.json()["error"]["message"]
-
-
-async def test_list_changed_is_passed_on(serve_gateway: ServeFactory, tmp_path) -> None:
-    async with mcp_servers("alpha") as servers:
-        mcp = {
-            "servers": [{"name": "alpha", "url": servers["alpha"].url}],
-            "store_path": str(tmp_path / "r.sqlite"),
-        }
-        async with serve_gateway(mcp) as gw, mcp_client(gw.mcp_url) as c:
-            await wait_tools(c, lambda n: "alpha.grow" in n)
+            # A server's list_changed refreshes the union and is passed on to subscribers.
             async with c.listen(tools_list_changed=True) as subscription:
                 assert tool_text(await c.call_tool("alpha.grow", {"tool": "extra"})) == "grown"
                 with anyio.fail_after(15):
@@ -87,12 +71,23 @@ async def test_list_changed_is_passed_on(serve_gateway: ServeFactory, tmp_path) 
             assert "alpha.extra" in names
             assert tool_text(await c.call_tool("alpha.extra", {})) == "alpha:extra"
 
+            async with httpx.AsyncClient() as http:
+                ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+                reply = await http.post(gw.mcp_url, json=ping)
+                assert reply.status_code == 401
+                assert "key" in reply.json()["error"]["message"]
+                wrong = await http.post(
+                    gw.mcp_url, json=ping, headers={"Authorization": "Bearer not-the-key"}
+                )
+                assert wrong.status_code == 401
+
 
 async def test_down_server_never_blocks_and_comes_back(
     serve_gateway: ServeFactory, tmp_path
 ) -> None:
-    async with mcp_servers("alpha", "beta") as servers:
-        await servers["beta"].stop()  # down before the gateway starts
+    async with mcp_servers("alpha") as servers:
+        beta = McpTestServer("beta")  # not started: down when the gateway starts
+        servers["beta"] = beta
         mcp = {
             "servers": [
                 {"name": "alpha", "url": servers["alpha"].url},
@@ -111,15 +106,17 @@ async def test_down_server_never_blocks_and_comes_back(
             assert view["beta"]["status"] == "down"
             assert view["beta"]["last_error"]
 
-            await servers["beta"].start()
+            await beta.start()
             await wait_tools(c, lambda n: "beta.echo" in n)
-            assert tool_text(await c.call_tool("beta.echo", {"text": "back"})) == "beta:back"
+            assert tool_text(await c.call_tool("beta.echo", {"text": "up"})) == "beta:up"
 
-            await servers["beta"].stop()
+            await beta.stop()  # killed: its tools leave the union, alpha's stay
             names = await wait_tools(c, lambda n: "beta.echo" not in n)
             assert "alpha.echo" in names
-            await servers["beta"].start()
+            assert tool_text(await c.call_tool("alpha.echo", {"text": "still"})) == "alpha:still"
+            await beta.start()  # restarted on the same port: its tools come back
             await wait_tools(c, lambda n: "beta.echo" in n)
+            assert tool_text(await c.call_tool("beta.echo", {"text": "back"})) == "beta:back"
 
             events = [
                 (e.component, e.trigger)
