@@ -6,6 +6,8 @@ import anyio
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.mcp.conftest import ServeFactory, mcp_client, wait_tools
 from tests.mcp.servers import McpTestServer, mcp_servers, tool_text
@@ -24,6 +26,8 @@ async def test_list_call_errors_and_validation(serve_gateway: ServeFactory, tmp_
             "call_timeout_s": 0.5,
         }
         async with serve_gateway(mcp) as gw, mcp_client(gw.mcp_url) as c:
+            spans = InMemorySpanExporter()
+            gw.gateway.tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
             names = await wait_tools(c, lambda n: "beta.echo" in n and "alpha.echo" in n)
             assert names == [
                 "alpha.add", "alpha.echo", "alpha.fail", "alpha.grow", "alpha.slow",
@@ -34,6 +38,13 @@ async def test_list_call_errors_and_validation(serve_gateway: ServeFactory, tmp_
             assert tool_text(await c.call_tool("beta.echo", {"text": "hi"})) == "beta:hi"
             added = await c.call_tool("beta.add", {"a": 2, "b": 3})
             assert added.structured_content == {"result": 5}
+
+            echo = [sp for sp in spans.get_finished_spans() if sp.name == "tools/call alpha.echo"]
+            assert len(echo) == 1
+            assert echo[0].attributes is not None
+            assert echo[0].attributes["gen_ai.operation.name"] == "execute_tool"
+            assert echo[0].attributes["gen_ai.tool.name"] == "alpha.echo"
+            assert echo[0].attributes["mcp.method.name"] == "tools/call"
 
             failed = await c.call_tool("alpha.fail", {"reason": "because"})
             assert failed.is_error

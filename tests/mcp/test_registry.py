@@ -94,6 +94,12 @@ async def test_sqlite_registry_admin_api_and_restart(serve_gateway: ServeFactory
             assert any(e.get("trigger") == "mcp_server_added" for e in events)
             assert SECRET not in str(events)
 
+        # Draining closed the sessions and the store.
+        drained = [(e.component, e.trigger, e.ok) for e in gw.gateway.events.events]
+        assert drained[-1] == (None, "stop", True)
+        assert ("mcp:alpha", "down", True) in drained
+        assert ("mcp_registry", None, True) in drained  # the undo ran
+
         # A new gateway on the same file serves what was registered.
         async with (
             serve_gateway(mcp, name="gw2", env=env) as gw,
