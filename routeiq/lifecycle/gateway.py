@@ -349,6 +349,10 @@ class Gateway:
     async def _phase_serve(self, supervisor: Supervisor) -> None:
         config = self._config()
         supervisor.set_limits(**config.routeiq.supervisor.model_dump())
+        if "mcp" in self.extensions:
+            for service in self.extensions["mcp"].services(supervisor):
+                with self._component(service.name):
+                    await supervisor.start(service)
         for spec in config.routeiq.services:
             with self._component(f"service:{spec.name}"):
                 field = f"routeiq.services[{spec.name}].call"
@@ -365,10 +369,6 @@ class Gateway:
         for name, service in await start_coordination(self, supervisor, self._litellm, self._env):
             with self._component(name):
                 await supervisor.start(service)
-        if "mcp" in self.extensions:
-            for service in self.extensions["mcp"].services(supervisor):
-                with self._component(service.name):
-                    await supervisor.start(service)
 
     async def _run_hooks(self, phase: str, undo: AsyncExitStack) -> None:
         config = self.config

@@ -128,7 +128,7 @@ class McpGateway:
                     "routeiq.mcp.store_path to keep it somewhere durable"
                 )
             store = SqliteStore(path)
-            await anyio.to_thread.run_sync(store.create)
+            store.create()
             self._store = store
         try:
             with anyio.fail_after(self.settings.connect_timeout_s):

@@ -58,23 +58,37 @@ def _decode(raw: str | bytes) -> McpServerSpec | None:
 
 
 class SqliteStore:
-    """The registry in one SQLite file; every call opens its own connection in a thread."""
+    """The registry in one SQLite file; every call opens its own connection.
 
-    def __init__(self, path: Path, *, timeout_s: float = 5.0) -> None:
+    Calls run on the event loop: they touch a handful of rows in a local file (well under a
+    millisecond), and a lock held by another worker waits at most ``timeout_s`` before the
+    call fails with ``StoreUnavailable`` (the follower retries at its next poll).
+    """
+
+    def __init__(self, path: Path, *, timeout_s: float = 0.25) -> None:
         self.path = path
         self._timeout_s = timeout_s
 
     def create(self) -> None:
-        """Create the file and table if needed (blocking: call from a thread or at startup)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS mcp_servers (name TEXT PRIMARY KEY, spec TEXT)")
+        """Create the file and table if needed."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = self._connect()
+            try:
+                with db:
+                    db.execute(
+                        "CREATE TABLE IF NOT EXISTS mcp_servers (name TEXT PRIMARY KEY, spec TEXT)"
+                    )
+            finally:
+                db.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"MCP registry {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level="IMMEDIATE")
 
     async def load(self) -> dict[str, McpServerSpec]:
-        return await anyio.to_thread.run_sync(self._load)
+        return self._load()
 
     def _load(self) -> dict[str, McpServerSpec]:
         try:
@@ -89,10 +103,10 @@ class SqliteStore:
         return {name: spec for name, spec in specs.items() if spec is not None}
 
     async def submit_put(self, spec: McpServerSpec) -> None:
-        await anyio.to_thread.run_sync(self._write, spec.name, _encode(spec))
+        self._write(spec.name, _encode(spec))
 
     async def submit_delete(self, name: str) -> None:
-        await anyio.to_thread.run_sync(self._write, name, None)
+        self._write(name, None)
 
     def _write(self, name: str, raw: str | None) -> None:
         try:
