@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from routeiq.mcp.config import McpSettings
+
 __all__ = [
     "DeploymentConfig",
     "DrainSettings",
@@ -201,6 +203,7 @@ class RouteIQSettings(_Frozen):
     metrics: MetricsSettings = MetricsSettings()
     hooks: tuple[HookSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
+    mcp: McpSettings = McpSettings()
 
     @field_validator("services")
     @classmethod

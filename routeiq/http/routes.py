@@ -15,6 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from routeiq.http.admin import admin_routes
+from routeiq.mcp.admin import mcp_admin_routes
+from routeiq.mcp.endpoint import McpEndpoint
 from routeiq.proxy.errors import openai_error_response
 from routeiq.proxy.routes import openai_routes
 
@@ -90,6 +92,8 @@ def build_http_app(holder: GatewayApp) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         *openai_routes(holder),
         *admin_routes(holder),
+        *mcp_admin_routes(holder),
+        Route("/mcp", McpEndpoint(holder)),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

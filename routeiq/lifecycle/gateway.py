@@ -339,10 +339,20 @@ class Gateway:
                 passthrough = Passthrough.create(default_timeout_s=request_timeout_s(config))
                 self.extensions["passthrough"] = passthrough
             self._on_undo(undo, "http_client", passthrough.close)
+        if config.routeiq.mcp.enabled:
+            from routeiq.mcp.component import open_mcp
+
+            with self._component("mcp_registry"):
+                self.extensions["mcp"], close_mcp = await open_mcp(self, self._env)
+            self._on_undo(undo, "mcp_registry", close_mcp)
 
     async def _phase_serve(self, supervisor: Supervisor) -> None:
         config = self._config()
         supervisor.set_limits(**config.routeiq.supervisor.model_dump())
+        if "mcp" in self.extensions:
+            for service in self.extensions["mcp"].services(supervisor):
+                with self._component(service.name):
+                    await supervisor.start(service)
         for spec in config.routeiq.services:
             with self._component(f"service:{spec.name}"):
                 field = f"routeiq.services[{spec.name}].call"

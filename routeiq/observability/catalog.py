@@ -285,6 +285,28 @@ METRICS: tuple[MetricSpec, ...] = (
         labels=("generation",),
         buckets=GC_PAUSE_BUCKETS,
     ),
+    # --- MCP gateway -----------------------------------------------------------------------
+    MetricSpec(
+        "gateway_mcp_tool_calls_total",
+        "counter",
+        "MCP tool calls through /mcp by server, tool and outcome (ok, tool_error, "
+        "invalid_arguments, timeout, upstream_error, unavailable, unknown_tool).",
+        labels=("server", "tool", "outcome"),
+    ),
+    MetricSpec(
+        "gateway_mcp_tool_call_duration_seconds",
+        "histogram",
+        "Duration of MCP tool calls forwarded to a registered server.",
+        labels=("server",),
+        buckets=LLM_LATENCY_BUCKETS,
+    ),
+    MetricSpec(
+        "gateway_mcp_server_up",
+        "gauge",
+        "1 while this worker holds a healthy session to the registered MCP server, else 0.",
+        labels=("server",),
+        gauge_mode="livemax",
+    ),
 )
 
 _BY_NAME = {spec.name: spec for spec in METRICS}

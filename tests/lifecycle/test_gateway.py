@@ -91,6 +91,7 @@ async def test_startup_reaches_serving_in_order_and_stops(tmp_path: Path) -> Non
         "supervisor",
         "hook:serve",
         "hook:patch",
+        "mcp_registry",
         "http_client",
         "router",
         "hook:observe",
@@ -164,6 +165,7 @@ async def test_drain_requested_during_startup_unwinds_and_stops(tmp_path: Path) 
     assert transitions(gateway)[-2:] == ["observing->draining", "draining->stopped"]
     assert teardowns(gateway) == [
         "supervisor",
+        "mcp_registry",
         "http_client",
         "router",
         "hook:observe",
