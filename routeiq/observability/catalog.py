@@ -63,14 +63,19 @@ API_ROUTES: tuple[str, ...] = (
 # exceeded its restart intensity before the gateway was serving.
 STARTUP_FAILURE_PHASES: tuple[str, ...] = ("configure", "observe", "patch", "serve", "supervisor")
 # Startup components in the order a gateway initialises them (routeiq/lifecycle/gateway.py);
-# event_sink only with an event log path, http_client only with the passthrough fast path.
+# event_sink only with an event log path, http_client only with the passthrough fast path,
+# the mcp_* ones unless routeiq.mcp.enabled is false.
 COMPONENTS: tuple[str, ...] = (
     "config", "event_sink", "metrics", "logging", "tracing", "litellm", "router", "http_client",
-    "service:<name>", "config-sync", "leadership", "hook:<name>",
+    "mcp_registry", "mcp-endpoint", "mcp-registry", "service:<name>", "config-sync",
+    "leadership", "hook:<name>",
 )  # fmt: skip
 
 # Supervised services: RouteIQ's own, and those declared under routeiq.services.
-SERVICES: tuple[str, ...] = ("config-sync", "leadership", "<name>")
+# mcp:<server> is the session to a registered MCP server.
+SERVICES: tuple[str, ...] = (
+    "mcp-endpoint", "mcp-registry", "mcp:<server>", "config-sync", "leadership", "<name>",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

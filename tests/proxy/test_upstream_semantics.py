@@ -8,19 +8,20 @@ upstream's own counters (``statistics().requests``) say how many attempts reache
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import yaml
 
 from routeiq.app import GatewayApp
-from tests.support.asgi import running_app
+from routeiq.proxy.passthrough import AttemptFailed, Passthrough, Target
+from tests.support.asgi import LifespanDriver, running_app
 from tests.support.upstream import Upstream, running_upstream
 
 pytestmark = pytest.mark.anyio
@@ -290,12 +291,29 @@ async def test_bad_usage_is_ignored_for_metrics_and_never_fatal(
     assert upstream.statistics().requests == 2 * len(BAD_USAGE)
 
 
-async def test_a_non_ascii_api_base_is_a_502_not_a_500(tmp_path: Path, passthrough: bool) -> None:
+async def test_a_non_ascii_api_base_is_refused_at_configure_not_a_500(tmp_path: Path) -> None:
+    # `check`, startup and reload share one validation: such a deployment never serves.
     models = [deployment("gpt", "https://\u2026/v1", "gpt")]
-    path = config(tmp_path, models, passthrough=passthrough, router_settings={"num_retries": 0})
-    async with running_app(GatewayApp(env={}, config_path=path)) as client:
-        response = await client.post(
-            "/v1/chat/completions", json={"model": "gpt", **CHAT}, headers=AUTH
-        )
-    assert response.status_code == 502, response.text
-    assert json.loads(response.text)["error"]["type"] == "upstream_error"
+    path = config(tmp_path, models, passthrough=True, router_settings={"num_retries": 0})
+    app = GatewayApp(env={}, config_path=path, exit_on_startup_failure=False)
+    driver = LifespanDriver(app)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(driver.run)
+            reply = await driver.startup()
+    finally:
+        driver.close()
+    assert reply["type"] == "lifespan.startup.failed", reply
+    assert "api_base" in reply["message"], reply
+
+
+async def test_a_non_ascii_api_base_fails_the_attempt_not_the_request() -> None:
+    # Defence in depth below validation: the fast path turns the encoding error into a failed
+    # attempt (retried or answered 502), never an exception that escapes as a 500.
+    passthrough = Passthrough.create(default_timeout_s=5.0)
+    target = Target("https://\u2026/v1", "gpt", {"content-type": "application/json"}, None, "d1")
+    try:
+        with pytest.raises(AttemptFailed):
+            await passthrough.forward(target, "/chat/completions", CHAT, timeout_s=5.0)
+    finally:
+        await passthrough.close()
