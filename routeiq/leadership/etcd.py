@@ -19,12 +19,14 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import anyio
 
 from routeiq.errors import ConfigError, LeadershipLost
 from routeiq.leadership.election import ElectionUnavailable, LeaderTerm, LeaderTimings
+from routeiq.leadership.etcd_client import EtcdEndpoint, is_auth_error
 
 __all__ = ["EtcdElection"]
 
@@ -64,6 +66,7 @@ class EtcdElection:
         *,
         host: str = "127.0.0.1",
         port: int = 2379,
+        endpoint: EtcdEndpoint | None = None,
         key: str = "/routeiq/leader",
         timings: LeaderTimings | None = None,
         request_timeout: float | None = None,
@@ -95,9 +98,12 @@ class EtcdElection:
         self._timings = timings
         self._ttl = int(timings.lease_duration)
         self._timeout = request_timeout or max(timings.retry_period, timings.renew_deadline / 2)
-        self._client_factory = client_factory or (
-            lambda: _aetcd().Client(host=host, port=port, timeout=self._timeout)
-        )
+        if endpoint is None:
+            endpoint = EtcdEndpoint(host, port)
+        # Reconnect attempts at most a retry period apart, so that the first campaign after an
+        # outage is not left waiting on grpc's (up to two minutes) backoff.
+        endpoint = replace(endpoint, timeout_s=self._timeout, reconnect_max_s=timings.retry_period)
+        self._client_factory = client_factory or endpoint.client
         self._monotonic = monotonic
         self._client: Any = None
         self._term: LeaderTerm | None = None
@@ -127,9 +133,9 @@ class EtcdElection:
         return self._term
 
     async def __aenter__(self) -> EtcdElection:
-        # aetcd's connect only builds the gRPC channel; it never waits for etcd.
+        # Not connected yet: aetcd connects on the first call, and with a user set that means
+        # a request to etcd, which may be down now (then the first campaign fails, as it should).
         self._client = self._client_factory()
-        await self._client.connect()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -261,7 +267,16 @@ class EtcdElection:
             with anyio.fail_after(self._timeout):
                 return await request
         except _transport_errors() as exc:
+            if is_auth_error(exc):
+                await self._reconnect()
             raise ElectionUnavailable(f"etcd: {exc}") from exc
+
+    async def _reconnect(self) -> None:
+        """Drop the channel (and the auth token etcd refused); the next call connects anew."""
+        client = self._client
+        if client is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
+                await client.close()
 
     def _drop_term(self) -> None:
         # The lease stays with etcd until revoked or expired; revoke it at the next chance.
