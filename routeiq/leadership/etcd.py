@@ -100,9 +100,12 @@ class EtcdElection:
         self._timeout = request_timeout or max(timings.retry_period, timings.renew_deadline / 2)
         if endpoint is None:
             endpoint = EtcdEndpoint(host, port)
-        # Reconnect attempts at most a retry period apart, so that the first campaign after an
-        # outage is not left waiting on grpc's (up to two minutes) backoff.
-        endpoint = replace(endpoint, timeout_s=self._timeout, reconnect_max_s=timings.retry_period)
+        # Together: the first campaign after an outage comes within a retry period of etcd's
+        # return, not after grpc's reconnect backoff (which grows to two minutes).
+        self._probe_s = timings.retry_period / 4
+        endpoint = replace(
+            endpoint, timeout_s=self._timeout, reconnect_max_s=timings.retry_period / 2
+        )
         self._client_factory = client_factory or endpoint.client
         self._monotonic = monotonic
         self._client: Any = None
@@ -207,21 +210,24 @@ class EtcdElection:
 
     async def wait_vacancy(self, period: float) -> bool:
         with anyio.move_on_after(period):
-            try:
-                await self._revoke_stale()
-                client = self._connected()
-                kv = await self._call(client.get(self._key))
-                if kv is None:
+            while True:
+                try:
+                    await self._revoke_stale()
+                    client = self._connected()
+                    kv = await self._call(client.get(self._key))
+                    if kv is None:
+                        self._leader_id = None
+                        return True
+                    self._leader_id = kv.value.decode(errors="replace")
+                    await self._watch_until_deleted(client, kv.header.revision + 1)
                     self._leader_id = None
                     return True
-                self._leader_id = kv.value.decode(errors="replace")
-                await self._watch_until_deleted(client, kv.header.revision + 1)
-                self._leader_id = None
-                return True
-            except ElectionUnavailable as exc:
-                log.debug("etcd unavailable while following: %s", exc)
-            # Unreachable: wait out the period rather than spin; the caller polls again.
-            await anyio.sleep_forever()
+                except ElectionUnavailable as exc:
+                    log.debug("etcd unavailable while following: %s", exc)
+                # Unreachable: ask again a few times per period (a failed call on a broken
+                # channel returns at once, so never in a hot loop), so that the empty seat is
+                # seen, and campaigned for, soon after etcd is back.
+                await anyio.sleep(self._probe_s)
         return False
 
     # --- fenced writes ------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def etcd_endpoint(settings: LeadershipSettings) -> EtcdEndpoint:
     return EtcdEndpoint.from_settings(
         settings,
         timeout_s=max(settings.retry_period_s, settings.renew_deadline_s / 2),
-        reconnect_max_s=settings.retry_period_s,
+        reconnect_max_s=settings.retry_period_s / 2,
     )
 
 

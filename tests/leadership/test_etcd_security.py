@@ -133,8 +133,8 @@ def test_settings_build_one_endpoint_with_tls_and_a_password_from_the_env(
     assert endpoint.client_key == tmp_path / "client.key"
     assert PASSWORD not in repr(endpoint) and PASSWORD not in repr(config)
     assert PASSWORD in config.secrets  # resolved from a reference: redacted from events
-    # reconnect attempts at most a retry period apart
-    assert endpoint.channel_options()["grpc.max_reconnect_backoff_ms"] == 2000
+    # reconnect attempts at most half a retry period apart
+    assert endpoint.channel_options()["grpc.max_reconnect_backoff_ms"] == 1000
 
     overridden = parse_config(
         {"model_list": data["model_list"]},
