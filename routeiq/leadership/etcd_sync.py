@@ -173,6 +173,8 @@ class EtcdConfigSync:
         self._last_followed = 0
         self._malformed_seen: dict[str, int] = {}  # key -> mod revision already reported
         self._publish_now = anyio.Event()
+        self._followed = anyio.Event()
+        self._settled = 0  # the last revision followed to the end (applied or rejected)
 
     @property
     def config_key(self) -> str:
@@ -229,7 +231,21 @@ class EtcdConfigSync:
             else:
                 self._reloader.record_rejected(digest, error, origin="etcd")
 
+    async def wait_followed(self, revision: int) -> None:
+        """Wait until this worker has followed ``revision`` (or a later one): applied it, or
+        recorded why not."""
+        while self._settled < revision:
+            await self._followed.wait()
+
     async def _follow_config(self, raw: bytes, mod_revision: int) -> None:
+        try:
+            await self._follow_published(raw, mod_revision)
+        finally:
+            self._settled = self._last_followed
+            self._followed.set()
+            self._followed = anyio.Event()
+
+    async def _follow_published(self, raw: bytes, mod_revision: int) -> None:
         try:
             published = decode_published(raw)
         except MalformedValue as exc:
