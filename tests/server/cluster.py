@@ -34,8 +34,10 @@ from tests.support.etcd import EtcdServer
 from tests.support.procs import BIN, GatewayProcess, free_port, gateway_env
 
 __all__ = [
+    "ADMIN_KEY",
     "CHAT",
     "TIMINGS",
+    "UPSTREAM_KEY",
     "Cluster",
     "Replica",
     "Seat",
@@ -51,6 +53,7 @@ CHAT = {"messages": [{"role": "user", "content": "ping"}]}
 UPSTREAM_KEY_ENV = "ROUTEIQ_TEST_UPSTREAM_KEY"
 UPSTREAM_KEY = "sk-test-cluster-upstream"
 READ_KEY = "cluster-read-key-0123456789"
+ADMIN_KEY = "cluster-admin-key-9876543210"
 POLL_S = 0.05
 
 
@@ -383,7 +386,7 @@ async def open_cluster(
     ``leadership`` overrides the ``routeiq.leadership`` settings (default: ``TIMINGS``), ``env``
     adds to each replica's environment. Replicas get a read key, which the cluster's HTTP
     client presents: it reads their full (unredacted) control plane."""
-    env = {"ROUTEIQ_READ_KEY": READ_KEY, **(env or {})}
+    env = {"ROUTEIQ_READ_KEY": READ_KEY, "ROUTEIQ_ADMIN_KEY": ADMIN_KEY, **(env or {})}
     headers = {"authorization": f"Bearer {env['ROUTEIQ_READ_KEY']}"}
     async with (
         httpx.AsyncClient(headers=headers) as http,
