@@ -504,9 +504,12 @@ async def test_literal_keys_and_malformed_values_are_rejected_and_serving_goes_o
         await _wait_config_events(cluster, replicas, marks, {"applied": 1})
 
 
-async def test_a_replica_on_an_etcd_with_tls_and_auth_leads_and_publishes(tmp_path: Path) -> None:
+async def test_replicas_on_an_etcd_with_tls_and_auth_lead_publish_and_answer_reloads(
+    tmp_path: Path,
+) -> None:
     """The gateway's own settings (CA, client certificate, user, password from the env) reach
-    both etcd clients: the election's (it leads) and the config sync's (it publishes)."""
+    both etcd clients: the election's (one leads) and the config sync's (it publishes, and a
+    follower's reload request is answered)."""
     binary = find_etcd()
     assert binary is not None
     tls = make_tls(tmp_path / "certs")
@@ -528,12 +531,24 @@ async def test_a_replica_on_an_etcd_with_tls_and_auth_leads_and_publishes(tmp_pa
             leadership=leadership,
             env={"ETCD_ROOT_PASSWORD": "etcd-root-pw-cluster"},
         ) as cluster:
-            [replica] = await cluster.start(1)
+            replicas = await cluster.start(2, own_config=True)
             leader, _ = await cluster.wait_leader()
-            assert leader is replica
+            [follower] = [r for r in replicas if r is not leader]
             published = await wait_for("the first publish", cluster.published, within=15)
             assert "os.environ/ETCD_ROOT_PASSWORD" in published[0]["text"]
             assert "etcd-root-pw-cluster" not in published[0]["text"]
+
+            # Only the leader's file is published: a reload on a follower whose own file
+            # changed says so, naming the leader, instead of pretending it was published.
+            cluster.write_config(["echo", "follower-only"], path=follower.config_path)
+            admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+            reload_url = f"{follower.url}/_admin/reload"
+            got = await cluster.http.post(reload_url, headers=admin, timeout=30)
+            assert got.status_code == 409, got.text
+            body = got.json()
+            assert body["leader"] == leader.name and body["result"] == "unchanged"
+            assert "differs from this replica's" in body["error"]
+            assert await cluster.models(follower) == {"echo"}
     finally:
         etcd.kill()
 
