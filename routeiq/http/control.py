@@ -36,6 +36,7 @@ __all__ = [
     "read_access",
     "redact_event",
     "redact_leadership",
+    "redact_lifecycle",
     "redact_metrics",
     "redact_startup",
 ]
@@ -87,6 +88,23 @@ def redact_event(event: dict[str, Any]) -> dict[str, Any]:
         safe["origin"] = origin if origin in _SAFE_ORIGINS else REDACTED
     out["attributes"] = safe
     return out
+
+
+def redact_lifecycle(
+    status: Any, leadership: Mapping[str, Any], events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The ``/_lifecycle`` body for a reader without the read key (``status`` is the
+    gateway's ``status()``, ``events`` already paged)."""
+    return {
+        "state": status.state,
+        "ready": status.ready,
+        "live": status.live,
+        "failed_phase": status.failed_phase,
+        "error": None if status.error is None else REDACTED,
+        "leadership": redact_leadership(leadership),
+        "events": [redact_event(e) for e in events],
+        "redacted": True,
+    }
 
 
 def redact_leadership(view: Mapping[str, Any]) -> dict[str, Any]:
