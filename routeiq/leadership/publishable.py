@@ -24,6 +24,8 @@ from routeiq.errors import ConfigError
 __all__ = ["LITERAL_SECRET_HINT", "check_publishable", "is_secret_name", "literal_secrets"]
 
 _SECRET_WORDS = frozenset({"key", "secret", "password", "passwd", "token", "credentials"})
+# Named like secrets, yet they hold where a secret is, not the secret itself.
+_NOT_SECRETS = frozenset({"etcd_client_key"})
 _ENV_REF = "os.environ/"
 _URL_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*:[^/@\s]+@")
 
@@ -35,6 +37,8 @@ LITERAL_SECRET_HINT = (
 
 def is_secret_name(name: str) -> bool:
     """Whether a field (or env var) called ``name`` holds a secret, judged by its last word."""
+    if name.lower() in _NOT_SECRETS:
+        return False
     words = [w for w in re.split(r"[_\-.]", name.lower()) if w]
     return bool(words) and words[-1] in _SECRET_WORDS
 

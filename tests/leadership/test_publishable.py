@@ -65,6 +65,7 @@ def test_the_error_names_paths_and_no_value() -> None:
         ("max_tokens", False),
         ("aws_access_key_id", False),
         ("api_base", False),
+        ("etcd_client_key", False),  # a path to a PEM file
     ],
 )
 def test_secret_names(name: str, secret: bool) -> None:
