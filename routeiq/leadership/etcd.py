@@ -26,7 +26,11 @@ import anyio
 
 from routeiq.errors import ConfigError, LeadershipLost
 from routeiq.leadership.election import ElectionUnavailable, LeaderTerm, LeaderTimings
-from routeiq.leadership.etcd_client import EtcdEndpoint, is_auth_error
+from routeiq.leadership.etcd_client import (
+    EtcdEndpoint,
+    is_auth_error,
+    stray_cancellation_is_unavailable,
+)
 
 __all__ = ["EtcdElection"]
 
@@ -270,7 +274,7 @@ class EtcdElection:
 
     async def _call(self, request: Awaitable[T]) -> T:
         try:
-            with anyio.fail_after(self._timeout):
+            with stray_cancellation_is_unavailable(), anyio.fail_after(self._timeout):
                 return await request
         except _transport_errors() as exc:
             if is_auth_error(exc):
@@ -306,10 +310,11 @@ class EtcdElection:
     async def _watch_until_deleted(self, client: Any, start_revision: int) -> None:
         watch = await self._call(client.watch(self._key, start_revision=start_revision))
         try:
-            async for event in watch:
-                if event.kind == "DELETE":
-                    return
-                self._leader_id = event.kv.value.decode(errors="replace")
+            with stray_cancellation_is_unavailable():
+                async for event in watch:
+                    if event.kind == "DELETE":
+                        return
+                    self._leader_id = event.kv.value.decode(errors="replace")
         except _transport_errors() as exc:
             raise ElectionUnavailable(f"etcd watch: {exc}") from exc
         finally:

@@ -10,20 +10,25 @@ etcd was healthy again); an auth token etcd no longer accepts (it forgets tokens
 and they expire) is replaced at the next call after ``reset_after(error)`` closes the client.
 Not provided: several endpoints (aetcd speaks to one target: the first configured).
 
-aetcd 1.0 only opens insecure channels; ``_client_class`` adds TLS by opening a
-``grpc.aio.secure_channel`` in the same place aetcd opens its channel.
+aetcd 1.0 only opens insecure channels, and a connect of its that fails half-way (a timeout
+during authentication on a busy host) leaves the client broken for good; ``_client_class``
+replaces its connect: TLS when configured, and a failed or cancelled connect is undone.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from routeiq.config.model import LeadershipSettings
 from routeiq.errors import ConfigError
+from routeiq.leadership.election import ElectionUnavailable
 
-__all__ = ["EtcdEndpoint", "is_auth_error"]
+__all__ = ["EtcdEndpoint", "is_auth_error", "stray_cancellation_is_unavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,49 +135,83 @@ def is_auth_error(exc: BaseException) -> bool:
     )
 
 
+@contextmanager
+def stray_cancellation_is_unavailable() -> Iterator[None]:
+    """grpc.aio raises ``asyncio.CancelledError`` from a call it cancelled itself (its channel
+    was closed under it, say) although nobody cancelled the awaiting task. That means "etcd did
+    not answer", not a cancellation: propagated, it would end the caller's task quietly."""
+    try:
+        yield
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise ElectionUnavailable("etcd: the grpc client cancelled the call") from exc
+
+
 def _client_class() -> type[Any]:
     # aetcd (and grpc) are imported on first use: importing routeiq must not pull them in.
     import aetcd
+    import anyio
     from aetcd import rpc, watcher
 
-    class SecureClient(aetcd.Client):  # type: ignore[misc]
-        """``aetcd.Client`` whose channel is TLS when ``credentials`` are given."""
+    class GatewayEtcdClient(aetcd.Client):  # type: ignore[misc]
+        """``aetcd.Client`` with a TLS channel when ``credentials`` are given, and a connect
+        that leaves the client usable when it fails or is cancelled half-way (aetcd's own
+        keeps the half-made state: every later call then fails)."""
 
         def __init__(self, *args: Any, credentials: Any = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._credentials = credentials
+            self._connecting: asyncio.Event | None = None
 
         async def connect(self) -> None:
             me: Any = self  # aetcd's attributes are untyped
-            if self._credentials is None or me._connected.is_set() or me._is_connecting:
-                await super().connect()  # plain, already connected, or another task connects
+            if me._connected.is_set():
                 return
-            # The same steps as aetcd's connect, on a secure channel.
+            if self._connecting is not None:  # another task connects: wait for its outcome
+                await self._connecting.wait()
+                if not me._connected.is_set():
+                    raise aetcd.exceptions.ConnectionFailedError("connecting to etcd failed")
+                return
+            self._connecting = asyncio.Event()
+            try:
+                await self._open_channel(me)
+            except BaseException:
+                channel = me.channel
+                me._init_channel_attrs()
+                if channel is not None:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                        await channel.close()
+                raise
+            finally:
+                self._connecting.set()
+                self._connecting = None
+
+        async def _open_channel(self, me: Any) -> None:
             import grpc.aio  # type: ignore[import-untyped]
 
-            try:
-                me._is_connecting = True
-                target = f"{me._host}:{me._port}"
-                me.channel = grpc.aio.secure_channel(
-                    target, self._credentials, options=list(me._options.items())
-                )
-                if me._username is not None and me._password is not None:
-                    me.auth_stub = rpc.AuthStub(me.channel)
-                    request = rpc.AuthenticateRequest(name=me._username, password=me._password)
-                    try:
-                        reply = await me.auth_stub.Authenticate(request, timeout=me._timeout)
-                    except rpc.AioRpcError as exc:
-                        aetcd.exceptions._handle_exception(exc)
-                    me.metadata = (("token", reply.token),)
-                me.kvstub = rpc.KVStub(me.channel)
-                me.clusterstub = rpc.ClusterStub(me.channel)
-                me.leasestub = rpc.LeaseStub(me.channel)
-                me.maintenancestub = rpc.MaintenanceStub(me.channel)
-                me._watcher = watcher.Watcher(
-                    rpc.WatchStub(me.channel), timeout=me._timeout, metadata=me.metadata
-                )
-                me._connected.set()
-            finally:
-                me._is_connecting = False
+            target = f"{me._host}:{me._port}"
+            options = list(me._options.items())
+            if self._credentials is None:
+                me.channel = grpc.aio.insecure_channel(target, options=options)
+            else:
+                me.channel = grpc.aio.secure_channel(target, self._credentials, options=options)
+            if me._username is not None and me._password is not None:
+                me.auth_stub = rpc.AuthStub(me.channel)
+                request = rpc.AuthenticateRequest(name=me._username, password=me._password)
+                try:
+                    reply = await me.auth_stub.Authenticate(request, timeout=me._timeout)
+                except rpc.AioRpcError as exc:
+                    aetcd.exceptions._handle_exception(exc)
+                me.metadata = (("token", reply.token),)
+            me.kvstub = rpc.KVStub(me.channel)
+            me.clusterstub = rpc.ClusterStub(me.channel)
+            me.leasestub = rpc.LeaseStub(me.channel)
+            me.maintenancestub = rpc.MaintenanceStub(me.channel)
+            me._watcher = watcher.Watcher(
+                rpc.WatchStub(me.channel), timeout=me._timeout, metadata=me.metadata
+            )
+            me._connected.set()
 
-    return SecureClient
+    return GatewayEtcdClient

@@ -36,7 +36,11 @@ from anyio.abc import TaskStatus
 
 from routeiq.errors import ConfigError, GatewayError, describe
 from routeiq.leadership.election import ElectionUnavailable, LeaderTerm
-from routeiq.leadership.etcd_client import EtcdEndpoint, is_auth_error
+from routeiq.leadership.etcd_client import (
+    EtcdEndpoint,
+    is_auth_error,
+    stray_cancellation_is_unavailable,
+)
 from routeiq.leadership.publishable import check_publishable, literal_secrets
 from routeiq.lifecycle.reload import Reloader, ReloadResult, digest_of
 
@@ -413,7 +417,7 @@ class EtcdConfigSync:
         import aetcd.exceptions
 
         try:
-            with anyio.fail_after(self._timeout):
+            with stray_cancellation_is_unavailable(), anyio.fail_after(self._timeout):
                 return await request
         except (TimeoutError, aetcd.exceptions.ClientError) as exc:
             if is_auth_error(exc) and self._client is not None:
