@@ -164,3 +164,45 @@ def test_an_unreadable_certificate_is_named() -> None:
     endpoint = EtcdEndpoint(ca_cert=Path("no-such-dir/ca.crt"))
     with pytest.raises(ConfigError, match=r"routeiq\.leadership\.etcd_ca_cert: cannot read"):
         endpoint.client()
+
+
+async def test_calls_that_time_out_while_authenticating_leave_the_client_usable(
+    secure_etcd: EtcdServer,
+) -> None:
+    """On a busy host a call can time out while the client connects and authenticates. That is
+    "etcd unavailable", never a bare CancelledError (grpc raises one of its own, which ended
+    the config follower quietly), and the next call with time to spare works."""
+    import aetcd.exceptions
+
+    from routeiq.leadership.etcd_client import stray_cancellation_is_unavailable
+
+    client = secure_etcd.client_endpoint(timeout=2.0).client()
+    outcomes: list[str] = []
+
+    async def attempts() -> None:
+        for _ in range(5):
+            try:
+                with stray_cancellation_is_unavailable(), anyio.fail_after(0.005):
+                    await client.get(b"/routeiq/secure/probe")
+                outcomes.append("ok")
+            except (TimeoutError, ElectionUnavailable, aetcd.exceptions.ClientError):
+                outcomes.append("unavailable")
+            except BaseException as exc:
+                outcomes.append(type(exc).__name__)
+                raise
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(attempts)
+        assert set(outcomes) <= {"ok", "unavailable"}, outcomes
+        assert len(outcomes) == 15
+        with anyio.fail_after(10):
+            while True:  # the channel may still be reconnecting from the last cancelled call
+                try:
+                    assert await client.get(b"/routeiq/secure/probe") is None
+                    break
+                except aetcd.exceptions.ConnectionFailedError:
+                    await anyio.sleep(0.1)
+    finally:
+        await client.close()
