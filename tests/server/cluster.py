@@ -229,10 +229,19 @@ class Cluster:
             **self.env,
         })  # fmt: skip
         cmd = [str(BIN / "hypercorn"), "routeiq.app:app", "--bind", f"127.0.0.1:{port}"]
+        cmd += ["--config", str(self._hypercorn_config())]
         process = GatewayProcess([*cmd, "--workers", "0"], port, env, self.root / f"{name}.log")
         replica = Replica(name, process.start(), event_log, config)
         self.replicas.append(replica)
         return replica
+
+    def _hypercorn_config(self) -> Path:
+        # hypercorn gives up on a lifespan startup after 60 s; importing litellm alone has taken
+        # longer than that on a loaded 2-core CI box, three replicas at once.
+        path = self.root / "hypercorn.toml"
+        if not path.exists():
+            path.write_text("startup_timeout = 240\n", encoding="utf-8")
+        return path
 
     async def start(self, count: int, *, own_config: bool = False) -> list[Replica]:
         started = [self.spawn(own_config=own_config) for _ in range(count)]
