@@ -15,6 +15,7 @@ notices — which is exactly what the fence is for.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -54,7 +55,13 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 def _unreachable_errors() -> tuple[type[BaseException], ...]:
     errors = _aetcd().exceptions
-    return (errors.ConnectionFailedError, errors.ConnectionTimeoutError, TimeoutError, OSError)
+    return (
+        errors.ConnectionFailedError,
+        errors.ConnectionTimeoutError,
+        TimeoutError,
+        OSError,
+        ElectionUnavailable,
+    )
 
 
 def _to_bytes(value: str | bytes) -> bytes:
@@ -298,7 +305,7 @@ class EtcdElection:
         client = self._connected()
         for lease_id in sorted(self._stale_leases):
             try:
-                with anyio.fail_after(self._timeout):
+                with stray_cancellation_is_unavailable(), anyio.fail_after(self._timeout):
                     await client.revoke_lease(lease_id)
             except _unreachable_errors() as exc:
                 log.debug("could not revoke lease %x yet: %s", lease_id, exc)
@@ -318,7 +325,12 @@ class EtcdElection:
         except _transport_errors() as exc:
             raise ElectionUnavailable(f"etcd watch: {exc}") from exc
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self._timeout),
+                contextlib.suppress(ElectionUnavailable),
+                stray_cancellation_is_unavailable(),
+            ):
                 await watch.cancel()
         raise ElectionUnavailable("etcd watch ended")
 

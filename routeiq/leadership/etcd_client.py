@@ -78,10 +78,10 @@ class EtcdEndpoint:
     def channel_options(self) -> dict[str, Any]:
         """gRPC channel options: reconnect attempts at most ``reconnect_max_s`` apart."""
         most = max(100, int(self.reconnect_max_s * 1000))
-        first = min(100, most)
+        # Not grpc.min_reconnect_backoff_ms: grpc also takes it as the minimum time a connection
+        # attempt may last (20 s by default); lowered, a TLS handshake on a busy host times out.
         return {
-            "grpc.initial_reconnect_backoff_ms": first,
-            "grpc.min_reconnect_backoff_ms": first,
+            "grpc.initial_reconnect_backoff_ms": min(100, most),
             "grpc.max_reconnect_backoff_ms": most,
         }
 

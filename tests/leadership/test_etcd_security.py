@@ -135,6 +135,7 @@ def test_settings_build_one_endpoint_with_tls_and_a_password_from_the_env(
     assert PASSWORD in config.secrets  # resolved from a reference: redacted from events
     # reconnect attempts at most half a retry period apart
     assert endpoint.channel_options()["grpc.max_reconnect_backoff_ms"] == 1000
+    assert "grpc.min_reconnect_backoff_ms" not in endpoint.channel_options()
 
     overridden = parse_config(
         {"model_list": data["model_list"]},
