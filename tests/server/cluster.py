@@ -36,8 +36,10 @@ from tests.support.procs import BIN, GatewayProcess, free_port, gateway_env
 __all__ = [
     "ADMIN_KEY",
     "CHAT",
+    "READ_KEY",
     "TIMINGS",
     "UPSTREAM_KEY",
+    "UPSTREAM_KEY_ENV",
     "Cluster",
     "Replica",
     "Seat",

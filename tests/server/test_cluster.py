@@ -31,8 +31,10 @@ import yaml
 
 from tests.server.cluster import (
     ADMIN_KEY,
+    READ_KEY,
     TIMINGS,
     UPSTREAM_KEY,
+    UPSTREAM_KEY_ENV,
     Cluster,
     Replica,
     Traffic,
@@ -672,7 +674,10 @@ async def test_hypercorn_workers_on_the_local_backend_elect_one_leader(tmp_path:
         "ROUTEIQ_CONFIG": str(config),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "ROUTEIQ_LOG_LEVEL": "warning",
+        "ROUTEIQ_READ_KEY": READ_KEY,  # the full view: worker and leader ids
+        UPSTREAM_KEY_ENV: UPSTREAM_KEY,
     })  # fmt: skip
+    read = {"authorization": f"Bearer {READ_KEY}"}
     cmd = [str(BIN / "hypercorn"), "routeiq.app:app", "--bind", f"127.0.0.1:{port}"]
     server = GatewayProcess([*cmd, "--workers", "3"], port, env, tmp_path / "hypercorn.log")
     server.start()
@@ -681,7 +686,7 @@ async def test_hypercorn_workers_on_the_local_backend_elect_one_leader(tmp_path:
 
         async def three_settled_workers() -> bool:
             # A new connection each time, so the kernel hands it to any of the workers.
-            async with httpx.AsyncClient() as http:
+            async with httpx.AsyncClient(headers=read) as http:
                 try:
                     got = await http.get(f"{server.url}/_lifecycle?since=1000000", timeout=5)
                 except httpx.TransportError:
@@ -702,7 +707,7 @@ async def test_hypercorn_workers_on_the_local_backend_elect_one_leader(tmp_path:
         assert {v["leader_id"] for v in views.values()} == {leaders[0]}
         assert all(v["backend"] == "local" for v in views.values())
         # With PROMETHEUS_MULTIPROC_DIR any worker's /metrics reports the whole group.
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(headers=read) as http:
             text = (await http.get(f"{server.url}/metrics", timeout=5)).text
         assert metric_value(text, "leader_election_status") == 1.0
     finally:
