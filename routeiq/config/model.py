@@ -113,6 +113,32 @@ class LeadershipSettings(_Frozen):
     lease_ttl_s: float = Field(default=10.0, gt=0)
     renew_deadline_s: float = Field(default=6.0, gt=0)
     retry_period_s: float = Field(default=2.0, gt=0)
+    # etcd transport security and auth, used by every etcd client of the gateway (election and
+    # config sync). TLS is on when a CA or a client certificate is set; the password should be
+    # an ``os.environ/NAME`` reference.
+    etcd_ca_cert: Path | None = Field(
+        default=None, description="PEM CA bundle that signs etcd's server certificate (TLS)"
+    )
+    etcd_client_cert: Path | None = Field(
+        default=None, description="PEM client certificate for etcd's --client-cert-auth"
+    )
+    etcd_client_key: Path | None = Field(
+        default=None, description="PEM private key of etcd_client_cert"
+    )
+    etcd_user: str | None = Field(default=None, min_length=1, description="etcd auth user name")
+    etcd_password: SecretStr | None = Field(
+        default=None, description="etcd auth password (use an os.environ/NAME reference)"
+    )
+
+    @model_validator(mode="after")
+    def _etcd_credentials(self) -> LeadershipSettings:
+        if self.backend != "etcd":
+            return self  # unused: the local backend talks to no etcd
+        if (self.etcd_client_cert is None) != (self.etcd_client_key is None):
+            raise ValueError("etcd_client_cert and etcd_client_key must be set together")
+        if (self.etcd_user is None) != (self.etcd_password is None):
+            raise ValueError("etcd_user and etcd_password must be set together")
+        return self
 
     @model_validator(mode="after")
     def _timings(self) -> LeadershipSettings:
@@ -190,6 +216,9 @@ class MetricsSettings(_Frozen):
 class RouteIQSettings(_Frozen):
     master_key: SecretStr | None = None
     admin_key: SecretStr | None = None
+    # Grants read access to /_lifecycle*, /metrics (the admin key does too); without it those
+    # stay open but redacted.
+    read_key: SecretStr | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     event_log: EventLogSettings = EventLogSettings()
     drain: DrainSettings = DrainSettings()

@@ -15,6 +15,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from routeiq.http.admin import admin_routes
+from routeiq.http.control import (
+    Access,
+    read_access,
+    redact_lifecycle,
+    redact_metrics,
+    redact_startup,
+)
 from routeiq.mcp.admin import mcp_admin_routes
 from routeiq.mcp.endpoint import McpEndpoint
 from routeiq.proxy.errors import openai_error_response
@@ -55,10 +62,13 @@ def build_http_app(holder: GatewayApp) -> Starlette:
 
     async def lifecycle(request: Request) -> Response:
         gateway = gateway_or_503()
+        access = _access(request, gateway)
         status = gateway.status()
         since = _int_param(request, "since", 0)
         limit = _int_param(request, "limit", 1000)
         events = [e.to_dict() for e in gateway.events.events[since : since + limit]]
+        if access == "redacted":
+            return JSONResponse(redact_lifecycle(status, leadership_view(gateway), events))
         return JSONResponse(
             {
                 "worker_id": gateway.worker_id,
@@ -73,15 +83,20 @@ def build_http_app(holder: GatewayApp) -> Starlette:
             }
         )
 
-    async def startup(_: Request) -> Response:
+    async def startup(request: Request) -> Response:
         gateway = gateway_or_503()
+        if _access(request, gateway) == "redacted":
+            return JSONResponse(redact_startup(gateway.timeline.to_dict()))
         return JSONResponse({"worker_id": gateway.worker_id, **gateway.timeline.to_dict()})
 
-    async def metrics(_: Request) -> Response:
+    async def metrics(request: Request) -> Response:
         gateway = gateway_or_503()
+        access = _access(request, gateway)
         if gateway.metrics is None:
             raise HTTPException(503, "metrics are not set up yet")
         body, content_type = gateway.metrics.render()
+        if access == "redacted":
+            body = redact_metrics(body, gateway.metrics.multiprocess_dir)
         return Response(body, media_type=content_type)
 
     routes = [
@@ -122,6 +137,14 @@ def leadership_view(gateway: Gateway) -> dict[str, Any]:
 def gateway_leadership_healthy(gateway: Gateway) -> bool:
     elector = gateway.extensions.get("leadership")
     return True if elector is None else bool(elector.healthy())
+
+
+def _access(request: Request, gateway: Gateway) -> Access:
+    runtime = gateway.runtime
+    access = read_access(request.headers, gateway.config if runtime is None else runtime.config)
+    if access == "refused":
+        raise HTTPException(401, "incorrect read key: send the read key or the admin key")
+    return access
 
 
 def _int_param(request: Request, name: str, default: int) -> int:

@@ -15,16 +15,23 @@ notices — which is exactly what the fence is for.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import anyio
 
 from routeiq.errors import ConfigError, LeadershipLost
 from routeiq.leadership.election import ElectionUnavailable, LeaderTerm, LeaderTimings
+from routeiq.leadership.etcd_client import (
+    EtcdEndpoint,
+    is_auth_error,
+    stray_cancellation_is_unavailable,
+)
 
 __all__ = ["EtcdElection"]
 
@@ -48,7 +55,13 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 def _unreachable_errors() -> tuple[type[BaseException], ...]:
     errors = _aetcd().exceptions
-    return (errors.ConnectionFailedError, errors.ConnectionTimeoutError, TimeoutError, OSError)
+    return (
+        errors.ConnectionFailedError,
+        errors.ConnectionTimeoutError,
+        TimeoutError,
+        OSError,
+        ElectionUnavailable,
+    )
 
 
 def _to_bytes(value: str | bytes) -> bytes:
@@ -64,6 +77,7 @@ class EtcdElection:
         *,
         host: str = "127.0.0.1",
         port: int = 2379,
+        endpoint: EtcdEndpoint | None = None,
         key: str = "/routeiq/leader",
         timings: LeaderTimings | None = None,
         request_timeout: float | None = None,
@@ -95,9 +109,15 @@ class EtcdElection:
         self._timings = timings
         self._ttl = int(timings.lease_duration)
         self._timeout = request_timeout or max(timings.retry_period, timings.renew_deadline / 2)
-        self._client_factory = client_factory or (
-            lambda: _aetcd().Client(host=host, port=port, timeout=self._timeout)
+        if endpoint is None:
+            endpoint = EtcdEndpoint(host, port)
+        # Together: the first campaign after an outage comes within a retry period of etcd's
+        # return, not after grpc's reconnect backoff (which grows to two minutes).
+        self._probe_s = timings.retry_period / 4
+        endpoint = replace(
+            endpoint, timeout_s=self._timeout, reconnect_max_s=timings.retry_period / 2
         )
+        self._client_factory = client_factory or endpoint.client
         self._monotonic = monotonic
         self._client: Any = None
         self._term: LeaderTerm | None = None
@@ -127,9 +147,9 @@ class EtcdElection:
         return self._term
 
     async def __aenter__(self) -> EtcdElection:
-        # aetcd's connect only builds the gRPC channel; it never waits for etcd.
+        # Not connected yet: aetcd connects on the first call, and with a user set that means
+        # a request to etcd, which may be down now (then the first campaign fails, as it should).
         self._client = self._client_factory()
-        await self._client.connect()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -201,21 +221,24 @@ class EtcdElection:
 
     async def wait_vacancy(self, period: float) -> bool:
         with anyio.move_on_after(period):
-            try:
-                await self._revoke_stale()
-                client = self._connected()
-                kv = await self._call(client.get(self._key))
-                if kv is None:
+            while True:
+                try:
+                    await self._revoke_stale()
+                    client = self._connected()
+                    kv = await self._call(client.get(self._key))
+                    if kv is None:
+                        self._leader_id = None
+                        return True
+                    self._leader_id = kv.value.decode(errors="replace")
+                    await self._watch_until_deleted(client, kv.header.revision + 1)
                     self._leader_id = None
                     return True
-                self._leader_id = kv.value.decode(errors="replace")
-                await self._watch_until_deleted(client, kv.header.revision + 1)
-                self._leader_id = None
-                return True
-            except ElectionUnavailable as exc:
-                log.debug("etcd unavailable while following: %s", exc)
-            # Unreachable: wait out the period rather than spin; the caller polls again.
-            await anyio.sleep_forever()
+                except ElectionUnavailable as exc:
+                    log.debug("etcd unavailable while following: %s", exc)
+                # Unreachable: ask again a few times per period (a failed call on a broken
+                # channel returns at once, so never in a hot loop), so that the empty seat is
+                # seen, and campaigned for, soon after etcd is back.
+                await anyio.sleep(self._probe_s)
         return False
 
     # --- fenced writes ------------------------------------------------------------------------
@@ -258,10 +281,19 @@ class EtcdElection:
 
     async def _call(self, request: Awaitable[T]) -> T:
         try:
-            with anyio.fail_after(self._timeout):
+            with stray_cancellation_is_unavailable(), anyio.fail_after(self._timeout):
                 return await request
         except _transport_errors() as exc:
+            if is_auth_error(exc):
+                await self._reconnect()
             raise ElectionUnavailable(f"etcd: {exc}") from exc
+
+    async def _reconnect(self) -> None:
+        """Drop the channel (and the auth token etcd refused); the next call connects anew."""
+        client = self._client
+        if client is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
+                await client.close()
 
     def _drop_term(self) -> None:
         # The lease stays with etcd until revoked or expired; revoke it at the next chance.
@@ -273,7 +305,7 @@ class EtcdElection:
         client = self._connected()
         for lease_id in sorted(self._stale_leases):
             try:
-                with anyio.fail_after(self._timeout):
+                with stray_cancellation_is_unavailable(), anyio.fail_after(self._timeout):
                     await client.revoke_lease(lease_id)
             except _unreachable_errors() as exc:
                 log.debug("could not revoke lease %x yet: %s", lease_id, exc)
@@ -285,14 +317,20 @@ class EtcdElection:
     async def _watch_until_deleted(self, client: Any, start_revision: int) -> None:
         watch = await self._call(client.watch(self._key, start_revision=start_revision))
         try:
-            async for event in watch:
-                if event.kind == "DELETE":
-                    return
-                self._leader_id = event.kv.value.decode(errors="replace")
+            with stray_cancellation_is_unavailable():
+                async for event in watch:
+                    if event.kind == "DELETE":
+                        return
+                    self._leader_id = event.kv.value.decode(errors="replace")
         except _transport_errors() as exc:
             raise ElectionUnavailable(f"etcd watch: {exc}") from exc
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self._timeout),
+                contextlib.suppress(ElectionUnavailable),
+                stray_cancellation_is_unavailable(),
+            ):
                 await watch.cancel()
         raise ElectionUnavailable("etcd watch ended")
 

@@ -21,12 +21,12 @@ import anyio
 from anyio.abc import TaskStatus
 
 from routeiq.config.model import GatewayConfig, LeadershipSettings
-from routeiq.errors import ConfigError
 from routeiq.leadership.election import Election, LeaderTimings
 from routeiq.leadership.elector import LeaderElector, LeaderWork
+from routeiq.leadership.etcd_client import EtcdEndpoint
 from routeiq.lifecycle.events import EventKind, EventLog
 
-__all__ = ["LeadershipService", "default_lock_path", "etcd_target"]
+__all__ = ["LeadershipService", "default_lock_path", "etcd_endpoint"]
 
 
 def default_lock_path(config: GatewayConfig) -> Path:
@@ -35,15 +35,13 @@ def default_lock_path(config: GatewayConfig) -> Path:
     return Path(tempfile.gettempdir()) / f"routeiq-leader-{digest}.lock"
 
 
-def etcd_target(settings: LeadershipSettings) -> tuple[str, int]:
-    """The etcd endpoint to use (aetcd speaks to one target: the first configured)."""
-    endpoint = settings.etcd_endpoints[0] if settings.etcd_endpoints else ""
-    host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(
-            [("routeiq.leadership.etcd_endpoints[0]", f"expected host:port, got {endpoint!r}")]
-        )
-    return host.strip("[]"), int(port)
+def etcd_endpoint(settings: LeadershipSettings) -> EtcdEndpoint:
+    """Where and how every etcd client of this gateway connects (election and config sync)."""
+    return EtcdEndpoint.from_settings(
+        settings,
+        timeout_s=max(settings.retry_period_s, settings.renew_deadline_s / 2),
+        reconnect_max_s=settings.retry_period_s / 2,
+    )
 
 
 class LeadershipService:
@@ -94,11 +92,9 @@ class LeadershipService:
         if self._settings.backend == "etcd":
             from routeiq.leadership.etcd import EtcdElection
 
-            host, port = etcd_target(self._settings)
             async with EtcdElection(
                 self._candidate_id,
-                host=host,
-                port=port,
+                endpoint=etcd_endpoint(self._settings),
                 key=f"{self.key_prefix}/leader",
                 timings=self._timings,
                 monotonic=self._monotonic,

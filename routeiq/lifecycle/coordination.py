@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from routeiq.leadership.config_sync import EtcdConfigSync, FileWatcher
 from routeiq.leadership.election import LeaderTerm
 from routeiq.leadership.elector import LeaderWork
-from routeiq.leadership.service import LeadershipService, etcd_target
+from routeiq.leadership.service import LeadershipService, etcd_endpoint
 from routeiq.lifecycle.reload import Reloader
 from routeiq.lifecycle.supervisor import Service
 
@@ -42,7 +42,6 @@ async def start_coordination(
     leadership: LeadershipService
 
     if settings.backend == "etcd":
-        host, port = etcd_target(settings)
 
         async def fenced_put(key: str, value: str, term: LeaderTerm) -> None:
             election = leadership.election
@@ -54,11 +53,9 @@ async def start_coordination(
             reloader,
             path,
             prefix=settings.key_prefix.rstrip("/"),
-            host=host,
-            port=port,
+            endpoint=etcd_endpoint(settings),
             fenced_put=fenced_put,
             poll_s=CONFIG_POLL_S,
-            request_timeout_s=max(settings.retry_period_s, settings.renew_deadline_s / 2),
         )
         gateway.extensions["config_sync"] = sync
         services.append(("config-sync", Service("config-sync", sync.follow)))

@@ -35,7 +35,7 @@ __all__ = ["RELOADABLE_ROUTEIQ_FIELDS", "ReloadResult", "Reloader", "digest_of"]
 
 # Parts of the `routeiq:` section a reload may change; any other change needs a restart.
 RELOADABLE_ROUTEIQ_FIELDS = frozenset(
-    {"master_key", "admin_key", "routing", "limits", "passthrough"}
+    {"master_key", "admin_key", "read_key", "routing", "limits", "passthrough"}
 )
 
 

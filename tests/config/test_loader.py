@@ -111,7 +111,16 @@ YAML_ROUTEIQ = {
     "admin_key": "yaml-admin",
     "log_level": "warning",
     "event_log": {"path": "yaml-events.jsonl"},
-    "leadership": {"backend": "local", "lock_path": "yaml.lock", "etcd_endpoints": ["yaml:2379"]},
+    "leadership": {
+        "backend": "local",
+        "lock_path": "yaml.lock",
+        "etcd_endpoints": ["yaml:2379"],
+        "etcd_ca_cert": "yaml-ca.crt",
+        "etcd_client_cert": "yaml-client.crt",
+        "etcd_client_key": "yaml-client.key",
+        "etcd_user": "yaml-user",
+        "etcd_password": "yaml-password",
+    },
     "drain": {"delay_s": 3, "timeout_s": 40},
     "metrics": {"multiproc_dir": "yaml-prom"},
 }
@@ -130,6 +139,12 @@ OVERRIDES: dict[str, tuple[str, Any]] = {
     "ROUTEIQ_DRAIN_DELAY_S": ("0.5", 0.5),
     "ROUTEIQ_DRAIN_TIMEOUT_S": ("12", 12.0),
     "ROUTEIQ_METRICS_MULTIPROC_DIR": ("prom-multiproc", Path("prom-multiproc")),
+    "ROUTEIQ_READ_KEY": ("env-read", "env-read"),
+    "ROUTEIQ_ETCD_CA_CERT": ("env-ca.crt", Path("env-ca.crt")),
+    "ROUTEIQ_ETCD_CLIENT_CERT": ("env-client.crt", Path("env-client.crt")),
+    "ROUTEIQ_ETCD_CLIENT_KEY": ("env-client.key", Path("env-client.key")),
+    "ROUTEIQ_ETCD_USER": ("env-user", "env-user"),
+    "ROUTEIQ_ETCD_PASSWORD": ("env-password", "env-password"),
 }
 
 EXPECTED_PATHS = {
@@ -143,6 +158,12 @@ EXPECTED_PATHS = {
     "ROUTEIQ_DRAIN_DELAY_S": ("routeiq", "drain", "delay_s"),
     "ROUTEIQ_DRAIN_TIMEOUT_S": ("routeiq", "drain", "timeout_s"),
     "ROUTEIQ_METRICS_MULTIPROC_DIR": ("routeiq", "metrics", "multiproc_dir"),
+    "ROUTEIQ_READ_KEY": ("routeiq", "read_key"),
+    "ROUTEIQ_ETCD_CA_CERT": ("routeiq", "leadership", "etcd_ca_cert"),
+    "ROUTEIQ_ETCD_CLIENT_CERT": ("routeiq", "leadership", "etcd_client_cert"),
+    "ROUTEIQ_ETCD_CLIENT_KEY": ("routeiq", "leadership", "etcd_client_key"),
+    "ROUTEIQ_ETCD_USER": ("routeiq", "leadership", "etcd_user"),
+    "ROUTEIQ_ETCD_PASSWORD": ("routeiq", "leadership", "etcd_password"),
 }
 
 

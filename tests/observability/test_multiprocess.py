@@ -172,6 +172,9 @@ def test_a_multiprocess_dir_from_config_alone_is_written_and_read(tmp_path: Path
 # --- two hypercorn workers -----------------------------------------------------------------
 
 
+READ_KEY = "multiprocess-read-key-51c0"
+
+
 def worker_pid(client: httpx.Client) -> int:
     pid: int = client.get("/_lifecycle").json()["pid"]
     return pid
@@ -190,7 +193,9 @@ def on_each_worker(url: str, action: Any, *, times: int, budget: float = 60.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"connections never reached both workers: {list(results)}")
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        with httpx.Client(base_url=url, limits=limits, timeout=30) as client:
+        # The read key gets the full view: real pids in /_lifecycle and in /metrics labels.
+        headers = {"authorization": f"Bearer {READ_KEY}"}
+        with httpx.Client(base_url=url, limits=limits, timeout=30, headers=headers) as client:
             pid = worker_pid(client)
             if len(results.get(pid, [])) < times:
                 result = action(client)
@@ -210,7 +215,9 @@ def test_metrics_on_either_worker_report_the_whole_process_group(
     # A worker of an earlier run: its live-mode gauges must go, its counters stay.
     dead = write_dead_worker(directory, requests=4, startup_s=1.0)
     gateway: GatewayProcess = start_gateway(
-        "hypercorn", env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}, args=["--workers", "2"]
+        "hypercorn",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(directory), "ROUTEIQ_READ_KEY": READ_KEY},
+        args=["--workers", "2"],
     )
     gateway.wait_ready(timeout=90)
 

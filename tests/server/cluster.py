@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aetcd
 import anyio
 import httpx
 import yaml
@@ -35,8 +34,12 @@ from tests.support.etcd import EtcdServer
 from tests.support.procs import BIN, GatewayProcess, free_port, gateway_env
 
 __all__ = [
+    "ADMIN_KEY",
     "CHAT",
+    "READ_KEY",
     "TIMINGS",
+    "UPSTREAM_KEY",
+    "UPSTREAM_KEY_ENV",
     "Cluster",
     "Replica",
     "Seat",
@@ -49,6 +52,10 @@ __all__ = [
 
 TIMINGS: Mapping[str, float] = {"lease_ttl_s": 3, "renew_deadline_s": 2, "retry_period_s": 0.5}
 CHAT = {"messages": [{"role": "user", "content": "ping"}]}
+UPSTREAM_KEY_ENV = "ROUTEIQ_TEST_UPSTREAM_KEY"
+UPSTREAM_KEY = "sk-test-cluster-upstream"
+READ_KEY = "cluster-read-key-0123456789"
+ADMIN_KEY = "cluster-admin-key-9876543210"
 POLL_S = 0.05
 
 
@@ -63,7 +70,8 @@ def config_data(
                 "litellm_params": {
                     "model": f"openai/{name}",
                     "mock_response": f"pong from {name}",
-                    "api_key": "sk-test",
+                    # etcd stores the config as written: secrets are references.
+                    "api_key": f"os.environ/{UPSTREAM_KEY_ENV}",
                 },
             }
             for name in models
@@ -174,8 +182,10 @@ class Cluster:
         prefix: str,
         models: Sequence[str],
         leadership: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.env = dict(env or {})
         root.mkdir(parents=True, exist_ok=True)
         self.etcd = etcd
         self.http = http
@@ -217,12 +227,23 @@ class Cluster:
             "ROUTEIQ_WORKER_ID": name,
             "ROUTEIQ_EVENT_LOG": str(event_log),
             "ROUTEIQ_LOG_LEVEL": "warning",
+            UPSTREAM_KEY_ENV: UPSTREAM_KEY,
+            **self.env,
         })  # fmt: skip
         cmd = [str(BIN / "hypercorn"), "routeiq.app:app", "--bind", f"127.0.0.1:{port}"]
+        cmd += ["--config", str(self._hypercorn_config())]
         process = GatewayProcess([*cmd, "--workers", "0"], port, env, self.root / f"{name}.log")
         replica = Replica(name, process.start(), event_log, config)
         self.replicas.append(replica)
         return replica
+
+    def _hypercorn_config(self) -> Path:
+        # hypercorn gives up on a lifespan startup after 60 s; importing litellm alone has taken
+        # longer than that on a loaded 2-core CI box, three replicas at once.
+        path = self.root / "hypercorn.toml"
+        if not path.exists():
+            path.write_text("startup_timeout = 240\n", encoding="utf-8")
+        return path
 
     async def start(self, count: int, *, own_config: bool = False) -> list[Replica]:
         started = [self.spawn(own_config=own_config) for _ in range(count)]
@@ -370,15 +391,27 @@ async def open_cluster(
     prefix: str = "/routeiq-cluster",
     models: Sequence[str] = ("echo",),
     leadership: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Cluster]:
     """A cluster (no replicas yet) on the running ``etcd``; stops its replicas on exit.
-    ``leadership`` overrides the ``routeiq.leadership`` settings (default: ``TIMINGS``)."""
+    ``leadership`` overrides the ``routeiq.leadership`` settings (default: ``TIMINGS``), ``env``
+    adds to each replica's environment. Replicas get a read key, which the cluster's HTTP
+    client presents: it reads their full (unredacted) control plane."""
+    env = {"ROUTEIQ_READ_KEY": READ_KEY, "ROUTEIQ_ADMIN_KEY": ADMIN_KEY, **(env or {})}
+    headers = {"authorization": f"Bearer {env['ROUTEIQ_READ_KEY']}"}
     async with (
-        httpx.AsyncClient() as http,
-        aetcd.Client(host=etcd.host, port=etcd.port, timeout=5) as etcd_client,
+        httpx.AsyncClient(headers=headers) as http,
+        etcd.client(timeout=5) as etcd_client,
     ):
         cluster = Cluster(
-            root, etcd, http, etcd_client, prefix=prefix, models=models, leadership=leadership
+            root,
+            etcd,
+            http,
+            etcd_client,
+            prefix=prefix,
+            models=models,
+            leadership=leadership,
+            env=env,
         )
         try:
             yield cluster

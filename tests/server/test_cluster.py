@@ -15,6 +15,7 @@ loaded 2-core machine; the measured values are printed (``pytest -s``) and tabul
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections import Counter
@@ -29,7 +30,11 @@ import pytest
 import yaml
 
 from tests.server.cluster import (
+    ADMIN_KEY,
+    READ_KEY,
     TIMINGS,
+    UPSTREAM_KEY,
+    UPSTREAM_KEY_ENV,
     Cluster,
     Replica,
     Traffic,
@@ -38,7 +43,7 @@ from tests.server.cluster import (
     metric_value,
     open_cluster,
 )
-from tests.support.etcd import EtcdServer, find_etcd
+from tests.support.etcd import EtcdServer, find_etcd, make_tls
 from tests.support.procs import BIN, GatewayProcess, free_port, gateway_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -413,6 +418,144 @@ async def _config_event(
     return found[0] if found else None
 
 
+async def test_reload_on_a_follower_is_published_by_the_leader_and_answered(
+    cluster: Cluster,
+) -> None:
+    """``POST /_admin/reload`` on a follower: the leader publishes, the follower answers with
+    the leader's result once it serves it (once: a bare 202 whose file was never published)."""
+    leader, _ = await cluster.wait_leader()
+    follower = next(r for r in cluster.serving() if r is not leader)
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        cluster.write_config(["echo", "echo-reloaded"])
+        got = await cluster.http.post(f"{follower.url}/_admin/reload", headers=admin, timeout=30)
+        body = got.json()
+        assert got.status_code == 200, body
+        assert body["leader"] == leader.name
+        assert body["result"] in ("published", "unchanged")  # the leader may have seen it first
+        assert body["applied_here"] is True
+        assert await cluster.models(follower) == {"echo", "echo-reloaded"}
+        published = await cluster.published()
+        assert published is not None and published[0]["revision"] == body["revision"]
+
+        cluster.write_text("model_list: []\n")
+        got = await cluster.http.post(f"{follower.url}/_admin/reload", headers=admin, timeout=30)
+        assert got.status_code == 422, got.text
+        assert got.json()["result"] == "rejected" and "model_list" in got.json()["error"]
+        assert await cluster.models(follower) == {"echo", "echo-reloaded"}
+    finally:
+        cluster.write_config(["echo"])
+        for replica in cluster.serving():
+
+            async def restored(replica: Replica = replica) -> bool:
+                return await cluster.models(replica) == {"echo"}
+
+            await wait_for(f"{replica.name} to serve the restored config", restored, within=15)
+
+
+async def test_literal_keys_and_malformed_values_are_rejected_and_serving_goes_on(
+    cluster: Cluster,
+) -> None:
+    """A config with a literal key is never published (every replica records why, naming the
+    field, without the key); a malformed value put under the prefix by hand is one rejection
+    per replica; neither changes liveness or what is served."""
+    await cluster.wait_leader()
+    replicas = cluster.serving()
+    before = await cluster.published()
+    marks = await marks_of(cluster, replicas)
+    literal = yaml.safe_load(cluster.config_text(["echo", "echo-literal"]))
+    literal["model_list"][0]["litellm_params"]["api_key"] = UPSTREAM_KEY
+    try:
+        cluster.write_text(yaml.safe_dump(literal))
+        await _wait_config_events(cluster, replicas, marks, {"rejected": 1})
+        for replica in replicas:
+            [event] = await cluster.events(replica, "config", since_seq=marks[replica.name])
+            assert "model_list[0].litellm_params.api_key" in event["error"]
+            assert "os.environ/NAME" in event["error"]
+            assert UPSTREAM_KEY[5:13] not in json.dumps(event)
+        assert await cluster.published() == before
+
+        cluster.write_config(["echo"])  # what is published: nothing to do for the leader
+        marks = await marks_of(cluster, replicas)
+        await cluster.etcd_client.put(f"{cluster.prefix}/config".encode(), b"\xff{not json")
+        bad = (await cluster.etcd_client.get(f"{cluster.prefix}/config".encode())).mod_revision
+        # The leader replaces the bad value with its file (a revision above it); a replica that
+        # polled in between records the bad value once. Nobody crashes or stops serving.
+        for replica in replicas:
+
+            async def repaired(replica: Replica = replica) -> bool:
+                events = await cluster.events(replica, "config", since_seq=marks[replica.name])
+                got = Counter(e["trigger"] for e in events)
+                # The same text under a new revision: "loaded" (the revision is adopted).
+                assert set(got) <= {"rejected", "loaded"} and got["rejected"] <= 1, got
+                for event in events:
+                    if event["trigger"] == "rejected":
+                        assert "not UTF-8 JSON" in event["error"], event
+                return got["loaded"] == 1
+
+            await wait_for(f"{replica.name} to follow the repair", repaired, within=15)
+            live = await cluster.http.get(f"{replica.url}/health/live", timeout=5)
+            assert live.status_code == 200, live.text
+            assert await cluster.models(replica) == {"echo"}
+            assert await cluster.metric(replica, "gateway_config_revision") > bad
+    finally:
+        marks = await marks_of(cluster, replicas)
+        cluster.write_config(["echo", "echo-restored"])
+        await _wait_config_events(cluster, replicas, marks, {"applied": 1})
+        marks = await marks_of(cluster, replicas)
+        cluster.write_config(["echo"])
+        await _wait_config_events(cluster, replicas, marks, {"applied": 1})
+
+
+async def test_replicas_on_an_etcd_with_tls_and_auth_lead_publish_and_answer_reloads(
+    tmp_path: Path,
+) -> None:
+    """The gateway's own settings (CA, client certificate, user, password from the env) reach
+    both etcd clients: the election's (one leads) and the config sync's (it publishes, and a
+    follower's reload request is answered)."""
+    binary = find_etcd()
+    assert binary is not None
+    tls = make_tls(tmp_path / "certs")
+    etcd = EtcdServer(binary, tmp_path / "etcd" / "data", tls=tls)
+    etcd.start()
+    try:
+        etcd.enable_auth("etcd-root-pw-cluster")
+        leadership = {
+            "etcd_ca_cert": str(tls.ca_cert),
+            "etcd_client_cert": str(tls.client_cert),
+            "etcd_client_key": str(tls.client_key),
+            "etcd_user": "root",
+            "etcd_password": "os.environ/ETCD_ROOT_PASSWORD",
+        }
+        async with open_cluster(
+            tmp_path,
+            etcd,
+            prefix="/routeiq-secure",
+            leadership=leadership,
+            env={"ETCD_ROOT_PASSWORD": "etcd-root-pw-cluster"},
+        ) as cluster:
+            replicas = await cluster.start(2, own_config=True)
+            leader, _ = await cluster.wait_leader()
+            [follower] = [r for r in replicas if r is not leader]
+            published = await wait_for("the first publish", cluster.published, within=15)
+            assert "os.environ/ETCD_ROOT_PASSWORD" in published[0]["text"]
+            assert "etcd-root-pw-cluster" not in published[0]["text"]
+
+            # Only the leader's file is published: a reload on a follower whose own file
+            # changed says so, naming the leader, instead of pretending it was published.
+            cluster.write_config(["echo", "follower-only"], path=follower.config_path)
+            admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+            reload_url = f"{follower.url}/_admin/reload"
+            got = await cluster.http.post(reload_url, headers=admin, timeout=30)
+            assert got.status_code == 409, got.text
+            body = got.json()
+            assert body["leader"] == leader.name and body["result"] == "unchanged"
+            assert "differs from this replica's" in body["error"]
+            assert await cluster.models(follower) == {"echo"}
+    finally:
+        etcd.kill()
+
+
 async def test_a_paused_leader_is_fenced_off_and_steps_down(tmp_path: Path) -> None:
     """SIGSTOP the leader past its TTL; the other replica takes over; the paused leader's own
     config file changes (only its copy: what it would publish is told apart from what the new
@@ -531,7 +674,10 @@ async def test_hypercorn_workers_on_the_local_backend_elect_one_leader(tmp_path:
         "ROUTEIQ_CONFIG": str(config),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "ROUTEIQ_LOG_LEVEL": "warning",
+        "ROUTEIQ_READ_KEY": READ_KEY,  # the full view: worker and leader ids
+        UPSTREAM_KEY_ENV: UPSTREAM_KEY,
     })  # fmt: skip
+    read = {"authorization": f"Bearer {READ_KEY}"}
     cmd = [str(BIN / "hypercorn"), "routeiq.app:app", "--bind", f"127.0.0.1:{port}"]
     server = GatewayProcess([*cmd, "--workers", "3"], port, env, tmp_path / "hypercorn.log")
     server.start()
@@ -540,7 +686,7 @@ async def test_hypercorn_workers_on_the_local_backend_elect_one_leader(tmp_path:
 
         async def three_settled_workers() -> bool:
             # A new connection each time, so the kernel hands it to any of the workers.
-            async with httpx.AsyncClient() as http:
+            async with httpx.AsyncClient(headers=read) as http:
                 try:
                     got = await http.get(f"{server.url}/_lifecycle?since=1000000", timeout=5)
                 except httpx.TransportError:
@@ -561,7 +707,7 @@ async def test_hypercorn_workers_on_the_local_backend_elect_one_leader(tmp_path:
         assert {v["leader_id"] for v in views.values()} == {leaders[0]}
         assert all(v["backend"] == "local" for v in views.values())
         # With PROMETHEUS_MULTIPROC_DIR any worker's /metrics reports the whole group.
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(headers=read) as http:
             text = (await http.get(f"{server.url}/metrics", timeout=5)).text
         assert metric_value(text, "leader_election_status") == 1.0
     finally:
