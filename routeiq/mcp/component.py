@@ -107,15 +107,13 @@ class McpGateway:
         for spec in self._declared.values():
             self.guard.check_url(spec.url)  # a config that points inside is a config error
         if self.backend == "etcd":
-            import aetcd
-
-            from routeiq.leadership.service import etcd_target
+            from routeiq.leadership.service import etcd_endpoint
 
             leadership = self._config.routeiq.leadership
-            host, port = etcd_target(leadership)
-            timeout = max(leadership.retry_period_s, leadership.renew_deadline_s / 2)
-            self._etcd_client = aetcd.Client(host=host, port=port, timeout=timeout)
-            await self._etcd_client.connect()
+            # The one client builder: TLS, user/password and the bounded reconnect backoff.
+            endpoint = etcd_endpoint(leadership)
+            timeout = endpoint.timeout_s
+            self._etcd_client = endpoint.client()
             self._store = EtcdStore(
                 self._etcd_client, prefix=leadership.key_prefix, timeout_s=timeout
             )
