@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from routeiq.errors import describe
 from routeiq.http.auth import bearer_token, key_matches
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["admin_routes"]
 
 
-def admin_routes(holder: GatewayApp) -> list[Route]:
+def admin_routes(app: FastAPI, holder: GatewayApp) -> None:
     async def reload(request: Request) -> Response:
         gateway = holder.gateway
         runtime = None if gateway is None else gateway.runtime
@@ -58,7 +58,23 @@ def admin_routes(holder: GatewayApp) -> list[Route]:
             409, "this gateway runs on its embedded default config: there is nothing to reload"
         )
 
-    return [Route("/_admin/reload", reload, methods=["POST"])]
+    app.add_api_route(
+        "/_admin/reload",
+        reload,
+        methods=["POST"],
+        tags=["admin"],
+        summary="Reload the config source now",
+        openapi_extra={"security": [{"AdminKey": []}]},
+        responses={
+            200: {"description": "reloaded (or unchanged) on this worker"},
+            202: {"description": "requested from the leader (etcd backend)"},
+            401: {"description": "missing or incorrect admin key"},
+            403: {"description": "no admin key is configured"},
+            409: {"description": "nothing to reload, or the source cannot be read"},
+            422: {"description": "the new config was rejected"},
+            503: {"description": "not serving yet, or etcd is unreachable"},
+        },
+    )
 
 
 def _error(status: int, message: str) -> Response:
