@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from routeiq.errors import ConfigError, describe
 from routeiq.http.auth import bearer_token, key_matches
@@ -39,12 +39,28 @@ __all__ = ["RELOAD_ANSWER_S", "admin_routes", "reload_now"]
 RELOAD_ANSWER_S = 10.0
 
 
-def admin_routes(holder: GatewayApp) -> list[Route]:
+def admin_routes(app: FastAPI, holder: GatewayApp) -> None:
     async def reload(request: Request) -> Response:
         status, body = await reload_now(holder.gateway, request.headers)
         return JSONResponse(body, status_code=status)
 
-    return [Route("/_admin/reload", reload, methods=["POST"])]
+    app.add_api_route(
+        "/_admin/reload",
+        reload,
+        methods=["POST"],
+        tags=["admin"],
+        summary="Reload the config source now",
+        openapi_extra={"security": [{"AdminKey": []}]},
+        responses={
+            200: {"description": "applied or unchanged (etcd: published by the leader, named)"},
+            401: {"description": "missing or incorrect admin key"},
+            403: {"description": "no admin key is configured"},
+            409: {"description": "nothing to reload, or the leader's file differs from this one"},
+            422: {"description": "the new config was rejected, with the reasons"},
+            503: {"description": "not serving yet, no leader, or etcd is unreachable"},
+            504: {"description": "the leader did not answer in time"},
+        },
+    )
 
 
 async def reload_now(gateway: Gateway | None, headers: Any) -> tuple[int, dict[str, Any]]:
