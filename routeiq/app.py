@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,22 @@ class GatewayApp:
 
     def new_gateway(self) -> Gateway:
         return Gateway(env=self._env, config_path=self._config_path, clock=self._clock)
+
+    async def drain_on(
+        self, signals: AsyncIterator[int], *, delay_s: float, close_listener: anyio.Event
+    ) -> None:
+        """Drain at the first of ``signals``: readiness turns 503 at once, and the listener closes
+        (``close_listener``) after ``delay_s``, or at once on a second signal or before startup."""
+        async for _ in signals:
+            if self.gateway is None:
+                close_listener.set()
+                return
+            self.gateway.request_drain()
+            with anyio.move_on_after(delay_s):
+                async for _ in signals:
+                    break  # a second signal: close now
+            close_listener.set()
+            return
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

@@ -81,16 +81,7 @@ async def _serve(
 
     async def watch_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                if app.gateway is None:
-                    close_listener.set()
-                    return
-                app.gateway.request_drain()
-                with anyio.move_on_after(delay_s):
-                    async for _ in signals:
-                        break  # a second signal: close now
-                close_listener.set()
-                return
+            await app.drain_on(signals, delay_s=delay_s, close_listener=close_listener)
 
     code = 0
     async with anyio.create_task_group() as tg:

@@ -417,16 +417,7 @@ class Gateway:
         self.runtime = None
 
     def _fire(self, trigger: str, *, error: str | None = None, **attributes: str) -> None:
-        to_state = self.chart.target(self.state, trigger)
-        self.events.append(
-            EventKind.TRANSITION,
-            trigger=trigger,
-            from_state=self.state,
-            to_state=to_state,
-            ok=error is None,
-            error=error,
-            attributes=attributes,
-        )
+        self.chart.fire(self.events, self.state, trigger, error=error, attributes=attributes)
 
     @contextmanager
     def _component(self, name: str) -> Iterator[None]:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from routeiq.errors import ConfigError, InvalidTransition
+from routeiq.lifecycle.events import EventKind, EventLog
 
 __all__ = ["StateMachine", "Statechart", "Transition", "statechart_dir"]
 
@@ -107,6 +108,31 @@ class Statechart:
             if t.trigger == trigger and state in t.sources:
                 return t.dest
         raise InvalidTransition(self.name, state, trigger, self.triggers_from(state))
+
+    def fire(
+        self,
+        events: EventLog,
+        state: str,
+        trigger: str,
+        *,
+        error: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> str:
+        """Append the transition ``trigger`` takes from ``state`` to ``events``; its target.
+
+        Raises ``InvalidTransition`` (and appends nothing) when the chart does not allow it.
+        """
+        to_state = self.target(state, trigger)
+        events.append(
+            EventKind.TRANSITION,
+            trigger=trigger,
+            from_state=state,
+            to_state=to_state,
+            ok=error is None,
+            error=error,
+            attributes=attributes,
+        )
+        return to_state
 
     def machine(self, model: object) -> Any:
         """A ``transitions.Machine`` bound to ``model``, built from this chart only."""

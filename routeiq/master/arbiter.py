@@ -526,17 +526,9 @@ class Arbiter:
     # --- events and metrics -------------------------------------------------------------------
 
     def _fire(self, trigger: str, *, error: str | None = None, **attributes: str) -> None:
-        to_state = self.chart.target(self.state, trigger)
-        self.events.append(
-            EventKind.TRANSITION,
-            trigger=trigger,
-            from_state=self.state,
-            to_state=to_state,
-            ok=error is None,
-            error=error,
-            attributes=attributes,
+        self.state = self.chart.fire(
+            self.events, self.state, trigger, error=error, attributes=attributes
         )
-        self.state = to_state
 
     def _worker_event(
         self,

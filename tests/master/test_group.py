@@ -66,7 +66,8 @@ def test_counts_sum_exactly_and_sigterm_drains_every_worker(
                 json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]},
             )
             assert response.status_code == 200, response.text
-        text = client.get(f"{group.url}/metrics").text
+    # Scraped like Prometheus does, without a key (the master key is no read key: 401).
+    text = httpx.get(f"{group.url}/metrics").text
     route = {"route": "/v1/chat/completions", "status_class": "2xx"}
     assert metric_value(text, "gateway_requests_total", **route) == 300
     assert metric_value(text, "leader_election_status") == 1
