@@ -191,6 +191,18 @@ class Load:
             time.sleep(0.02)
 
 
+    def wait_ok_after(self, started_after: float, count: int, timeout: float = 60.0) -> None:
+        """Wait until ``count`` requests that started after ``started_after`` have succeeded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                ok = sum(1 for o in self.outcomes if o.started > started_after and o.status == 200)
+            if ok >= count:
+                return
+            assert time.monotonic() < deadline, f"only {ok} requests succeeded since then"
+            time.sleep(0.02)
+
+
 def failures(outcomes: list[Outcome]) -> list[Outcome]:
     return [o for o in outcomes if o.status != 200]
 

@@ -137,7 +137,8 @@ def test_sigkill_is_replaced_and_sighup_replaces_every_worker_under_load(
                 and e["attributes"]["pid"] != victim
             )
         )
-        load.wait_count(20)
+        # Served by the survivor and the replacement, well after the kill.
+        load.wait_ok_after(killed_at + 1.0, 20)
         outcomes = list(load.outcomes)
     # Only requests the killed worker had accepted may fail; everything else succeeded.
     lost = failures(outcomes)

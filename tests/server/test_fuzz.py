@@ -49,7 +49,8 @@ class Live:
     http: httpx.Client
 
     def inflight(self) -> float:
-        metrics = self.http.get(f"{self.url}/metrics").text
+        # Scraped as Prometheus does: without a key (the master key is no read key).
+        metrics = httpx.get(f"{self.url}/metrics", timeout=30).text
         values = [
             float(line.split()[-1])
             for line in metrics.splitlines()
