@@ -336,12 +336,16 @@ async def s_leader(stack: Stack, traffic: Traffic, row: Row) -> None:
         reply = httpx.post(
             stack.url(follower) + "/_admin/reload",
             headers={"Authorization": f"Bearer {stack.env['ROUTEIQ_ADMIN_KEY']}"},
-            timeout=5.0,
+            timeout=30.0,  # the replica waits (bounded) for the leader's answer
         )
         replies.append(f"{reply.status_code}")
-        if reply.status_code not in (202, 503):
+        # 200: the leader published it (or already had: "unchanged") and names itself;
+        # 503 (no leader yet, etcd client reconnecting) and 504 (no answer in time): retry.
+        if reply.status_code not in (200, 503, 504):
             raise ScenarioFailed(f"reload via {follower}: HTTP {reply.status_code} {reply.text}")
-        return reply.status_code == 202  # 503: its etcd client is (re)connecting; retry
+        if reply.status_code == 200 and reply.json().get("leader") is None:
+            raise ScenarioFailed(f"reload via {follower} did not name the leader: {reply.text}")
+        return reply.status_code == 200
 
     await wait_for(f"reload accepted by {follower}", request_reload, 20, 1.0)
     took = await wait_for(
