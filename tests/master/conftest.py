@@ -190,7 +190,6 @@ class Load:
             assert time.monotonic() < deadline, f"the load made no progress: {self.count()}"
             time.sleep(0.02)
 
-
     def wait_ok_after(self, started_after: float, count: int, timeout: float = 60.0) -> None:
         """Wait until ``count`` requests that started after ``started_after`` have succeeded."""
         deadline = time.monotonic() + timeout
