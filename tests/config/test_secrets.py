@@ -119,3 +119,16 @@ def test_what_etcd_refuses_is_what_the_loader_redacts() -> None:
     # Nothing else from the text: identifiers, prefixes, prices and counts stay readable.
     for plain in ("AKIA-identifier", "/routeiq-prefix", "1e-06", "100", "bedrock/b"):
         assert plain not in secrets
+
+
+def test_secrets_given_by_env_overrides_are_secrets() -> None:
+    env = {
+        "ROUTEIQ_ETCD_USER": "gateway",
+        "ROUTEIQ_ETCD_PASSWORD": "etcd-env-password-9",
+        "ROUTEIQ_READ_KEY": "read-env-key-10",
+    }
+    secrets = parse_config_text(
+        "model_list: [{model_name: m, litellm_params: {model: x/m}}]", env, source="t"
+    ).secrets
+    assert secrets >= {"etcd-env-password-9", "read-env-key-10"}
+    assert "gateway" not in secrets
