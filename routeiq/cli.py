@@ -114,7 +114,7 @@ def _check(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(os.environ, args.file)
-        problems = startup_problems(config)
+        problems = startup_problems(config) + _deployment_problems(config, args.file)
         if args.strict:
             problems += list(config.warnings)
         if problems:
@@ -129,6 +129,22 @@ def _check(args: argparse.Namespace) -> int:
         f"models: {', '.join(config.model_names)})"
     )
     return 0
+
+
+def _deployment_problems(config: Any, path: Path) -> list[tuple[str, str]]:
+    """What ``serve`` would refuse beyond the config itself: with the etcd backend, the literal
+    secrets the leader refuses to publish (paths, never values); an OTLP endpoint set in the
+    environment without the OTLP extra installed."""
+    from routeiq.config.source import read_config_text
+    from routeiq.leadership.publishable import LITERAL_SECRET_HINT, literal_secrets
+    from routeiq.observability.tracing import otlp_problems
+
+    problems = list(otlp_problems(os.environ))
+    if config.routeiq.leadership.backend == "etcd":
+        # The text the leader publishes: the file as written, before env references resolve.
+        text = read_config_text(path)
+        problems += [(p, LITERAL_SECRET_HINT) for p in literal_secrets(text)]
+    return problems
 
 
 def _config_reference(args: argparse.Namespace) -> int:

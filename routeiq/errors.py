@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = [
     "ConfigError",
     "GatewayError",
@@ -46,9 +48,13 @@ class InvalidTransition(GatewayError):
 class StartupError(GatewayError):
     """A startup phase failed; the gateway unwound what it had started and is ``failed``."""
 
-    def __init__(self, phase: str, cause: BaseException):
+    def __init__(
+        self, phase: str, cause: BaseException, *, redact: Callable[[str], str] | None = None
+    ):
         self.phase, self.cause = phase, cause
-        super().__init__(f"startup failed in phase {phase!r}: {describe(cause)}")
+        # The message reaches stderr: ``redact`` masks the secrets the gateway knows of.
+        text = describe(cause) if redact is None else redact(describe(cause))
+        super().__init__(f"startup failed in phase {phase!r}: {text}")
 
 
 class LeadershipLost(GatewayError):

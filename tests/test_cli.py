@@ -45,7 +45,7 @@ BAD_ERRORS = [
 @pytest.fixture(autouse=True)
 def _no_routeiq_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith("ROUTEIQ_"):
+        if name.startswith("ROUTEIQ_") or name.startswith("OTEL_EXPORTER_OTLP_"):
             monkeypatch.delenv(name)
 
 
@@ -464,6 +464,91 @@ def test_check_warns_about_ignored_litellm_keys_and_strict_fails(
     err = capsys.readouterr().err
     assert err.splitlines()[0] == f"invalid configuration in {path}:"
     assert len(err.splitlines()) == 4
+
+
+ETCD_CONFIG: dict[str, Any] = {
+    "model_list": [
+        {
+            "model_name": "a",
+            "litellm_params": {"model": "openai/a", "api_key": "sk-literal-cli-0123456789"},
+        },
+        {
+            "model_name": "b",
+            "litellm_params": {"model": "openai/b", "api_key": "os.environ/CLI_TEST_KEY"},
+        },
+    ],
+    "routeiq": {
+        "leadership": {
+            "backend": "etcd",
+            "etcd_user": "gateway",
+            "etcd_password": "etcd-literal-pw-42",
+        }
+    },
+}
+
+
+def test_check_with_the_etcd_backend_refuses_literal_secrets_by_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLI_TEST_KEY", "sk-from-env-abcdef")
+    path = write_yaml(tmp_path, ETCD_CONFIG, "etcd.yaml")
+    assert main(["check", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    hint = "a literal secret cannot be published to etcd: write os.environ/NAME instead"
+    assert err.splitlines()[0] == f"invalid configuration in {path}:"
+    problems = [line.strip() for line in err.splitlines()[1:]]
+    assert [p.split(": ", 1)[0] for p in problems] == [
+        "model_list[0].litellm_params.api_key",
+        "routeiq.leadership.etcd_password",
+    ]
+    assert all(p.split(": ", 1)[1].startswith(hint) for p in problems)
+    for fragment in ("literal-cli", "0123456", "literal-pw", "from-env"):
+        assert fragment not in err
+
+    # References only (the password from the environment): publishable, so OK.
+    data = json.loads(json.dumps(ETCD_CONFIG))
+    data["model_list"][0]["litellm_params"]["api_key"] = "os.environ/CLI_TEST_KEY"
+    del data["routeiq"]["leadership"]["etcd_password"]
+    monkeypatch.setenv("ROUTEIQ_ETCD_PASSWORD", "etcd-from-env-pw")
+    path = write_yaml(tmp_path, data, "etcd.yaml")
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+
+    # The local backend publishes nothing: literal keys are its business.
+    data = json.loads(json.dumps(ETCD_CONFIG))
+    data["routeiq"]["leadership"] = {"backend": "local"}
+    path = write_yaml(tmp_path, data, "local.yaml")
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+
+
+def _otlp_installed() -> bool:
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_check_reports_an_otlp_endpoint_without_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from routeiq.observability.tracing import OTLP_INSTALL_HINT
+
+    monkeypatch.setenv("CLI_TEST_KEY", "sk-from-env-abcdef")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    path = write_yaml(tmp_path, GOOD, "good.yaml")
+    if _otlp_installed():
+        assert main(["check", str(path)]) == 0
+        return
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"invalid configuration in {path}:",
+        f"  OTEL_EXPORTER_OTLP_ENDPOINT: is set, but OTLP export needs the otlp extra: "
+        f"{OTLP_INSTALL_HINT} (or unset it)",
+    ]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")  # set but empty: no export, no problem
+    assert main(["check", str(path)]) == 0
 
 
 # --- basics ---

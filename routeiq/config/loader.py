@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from routeiq.config.litellm_keys import (
 )
 from routeiq.config.model import GatewayConfig
 from routeiq.config.problems import path_of, validation_problems
+from routeiq.config.secrets import is_secret_name, url_password
 from routeiq.config.source import decode_config, parse_yaml, read_config_bytes
 from routeiq.errors import ConfigError
 
@@ -131,13 +131,16 @@ def parse_config(data: object, env: Mapping[str, str], *, source: str) -> Gatewa
         # so they are only a source for this config's ``os.environ/NAME`` references.
         env = {**env, **{str(k): str(v) for k, v in declared.items()}}
         secrets.update(str(v) for v in declared.values() if len(str(v)) >= 8)
+    # Literal secrets of keys about to be dropped (``general_settings.database_url``) too.
+    _secret_like_values(data, secrets)
     # Ignored LiteLLM keys go first: their env references need not be set.
     data = {k: dict(v) if k in SECTIONS and isinstance(v, dict) else v for k, v in data.items()}
     section_problems, warnings = _litellm_sections(data)
     problems += section_problems
     resolved = _resolve_env_refs(data, env, (), problems, secrets)
-    _secret_like_values(resolved, secrets)
     _apply_env_overrides(resolved, env)
+    # After the overrides: ``ROUTEIQ_ETCD_PASSWORD`` and the keys given by env are secrets too.
+    _secret_like_values(resolved, secrets)
     general = resolved.get("general_settings")
     if isinstance(general, dict) and general.get("master_key"):
         # LiteLLM proxy's place for the key; moved so that no plain copy stays in the config.
@@ -191,25 +194,22 @@ def _resolve_env_refs(
     return node
 
 
-_SECRET_NAME = re.compile(
-    r"secret|passw|credential|api_?key|access_key|(^|_)key$|(^|_)token$", re.IGNORECASE
-)
-
-
 def _secret_like_values(node: Any, secrets: set[str]) -> None:
-    """Literal strings under secret-sounding keys (``api_key``, ``client_secret``,
-    ``aws_secret_access_key``…) are secrets too: redacted wherever they could appear."""
-    stack = [node]
+    """Literal strings under secret-bearing keys (``api_key``, ``client_secret``,
+    ``aws_secret_access_key``…, also in lists under them) and URL passwords anywhere are
+    secrets too: redacted wherever they could appear. The rule is ``routeiq.config.secrets``,
+    the one etcd config sync refuses literal secrets by."""
+    stack: list[tuple[Any, bool]] = [(node, False)]
     while stack:
-        item = stack.pop()
+        item, secret_named = stack.pop()
         if isinstance(item, dict):
-            for key, value in item.items():
-                if isinstance(value, str) and _SECRET_NAME.search(str(key)):
-                    secrets.add(value)
-                elif isinstance(value, (dict, list)):
-                    stack.append(value)
+            stack.extend((v, is_secret_name(k)) for k, v in item.items())
         elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, (dict, list)))
+            stack.extend((v, secret_named) for v in item)
+        elif isinstance(item, str) and item and not item.startswith(ENV_REF_PREFIX):
+            password = item if secret_named else url_password(item)
+            if password:
+                secrets.add(password)
 
 
 def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_YAML_ALIASES",
     "MAX_YAML_NODES",
     "decode_config",
+    "file_status",
     "parse_yaml",
     "read_config_bytes",
     "read_config_text",
@@ -103,6 +104,16 @@ def decode_config(data: bytes, *, source: str) -> str:
 def read_config_text(path: Path, *, origin: str = "config file") -> str:
     """``read_config_bytes`` then ``decode_config``."""
     return decode_config(read_config_bytes(path, origin=origin), source=str(path))
+
+
+def file_status(path: Path) -> str:
+    """What identifies the file's current version without reading it (mode, inode, size,
+    times), or the reason ``stat`` failed: a change key for sources that cannot be read."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return f"stat failed: {exc.errno}"
+    return f"{info.st_mode}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
 
 
 def parse_yaml(text: str, *, source: str) -> Any:

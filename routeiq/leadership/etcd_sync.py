@@ -12,6 +12,13 @@ Keys under the prefix:
   file and answers in ``reload-result`` (``{"request", "leader", "result", "revision",
   "digest", "error"}``), which the asking worker waits for.
 
+The leader's publish is total, as the local ``FileWatcher``'s reload is: the file is read,
+decoded and parsed through ``routeiq.config.source`` in a worker thread (regular files only,
+bounded size and aliases), and every outcome is published or a ``config-rejected`` record with
+reasons. An unreadable file (a FIFO, non-UTF-8, too large) is keyed by its error and file status,
+a bad content by its digest: each is rejected once and retried only when the file changes (or a
+reload is requested). Only the Router build of a parsed config runs on the event loop.
+
 Guarantees: whatever is stored under the prefix (someone's ``etcdctl put``, a value from an
 older or newer version) never crashes a worker: a value that is not what this module writes is
 a rejected ``config`` event, once per distinct etcd revision, and the current config keeps
@@ -22,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import stat
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +39,9 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
+from routeiq.config.model import GatewayConfig
+from routeiq.config.problems import scrub_fragments
+from routeiq.config.source import decode_config, file_status, read_config_bytes
 from routeiq.errors import ConfigError, GatewayError, describe
 from routeiq.leadership.election import ElectionUnavailable, LeaderTerm
 from routeiq.leadership.etcd_client import (
@@ -126,28 +134,22 @@ def decode_answer(raw: bytes) -> ReloadAnswer:
 
 
 def read_source(path: Path) -> str:
-    """The config file's text; ``ConfigError`` (never a hang or a crash) if it cannot be used."""
-    problem = None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError([("", f"cannot read {path}: {exc.strerror}")], source=str(path)) from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            problem = "not a regular file"
-        elif info.st_size > MAX_PUBLISHED_BYTES:
-            problem = f"{info.st_size} bytes: more than etcd takes ({MAX_PUBLISHED_BYTES})"
-        else:
-            data = file.read(MAX_PUBLISHED_BYTES + 1)
-    if problem is None and len(data) > MAX_PUBLISHED_BYTES:
-        problem = f"more than {MAX_PUBLISHED_BYTES} bytes"
-    if problem is None:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problem = f"not UTF-8 (byte {exc.start})"
-    raise ConfigError([("", f"cannot publish {path}: {problem}")], source=str(path))
+    """The config file's text, read as every config is (``routeiq.config.source``: regular
+    files only, never waiting on a FIFO, UTF-8 errors with their position) and no larger than
+    etcd takes; ``ConfigError`` otherwise, never another exception. Blocking: call it in a
+    worker thread."""
+    data = read_config_bytes(path)
+    if len(data) > MAX_PUBLISHED_BYTES:
+        raise ConfigError(
+            [
+                (
+                    "config file",
+                    f"{path} is {len(data)} bytes: more than etcd takes ({MAX_PUBLISHED_BYTES})",
+                )
+            ],
+            source=str(path),
+        )
+    return decode_config(data, source=str(path))
 
 
 class EtcdConfigSync:
@@ -362,24 +364,35 @@ class EtcdConfigSync:
         base = max(self._last_followed, 0 if published is None else published.revision)
         if found is not None and published is None:
             base = max(base, published_at)  # past any revision the bad value replaced
+        path = self._path
         try:
-            text: str | None = await anyio.to_thread.run_sync(read_source, self._path)
+            text: str | None = await anyio.to_thread.run_sync(read_source, path)
         except ConfigError as exc:
             text, unusable = None, exc
-        digest = digest_of(text if text is not None else describe(unusable))
+        if text is not None:
+            digest = digest_of(text)
+        else:
+            # An unreadable file has no content to key on: its error and status are the key,
+            # so it is rejected once and tried again only when the file changes.
+            status = await anyio.to_thread.run_sync(file_status, path)
+            digest = digest_of(f"{unusable.render()}|{status}")
         if published is not None and published.digest == digest:
             return None if not force else ReloadResult("unchanged", published.revision, digest)
         if not force:
             already = await self._rejected_since(digest, published_at)
             if already is not None:
                 return ReloadResult("rejected", base, digest, already)
+        config: GatewayConfig | None = None
         try:
             if text is None:
                 raise unusable
-            await anyio.to_thread.run_sync(lambda: check_publishable(text, source=str(self._path)))
-            self._reloader.validate(text, str(self._path))
+            # Decoding, secret detection and parsing are bounded but CPU-bound: off the loop.
+            config = await anyio.to_thread.run_sync(self._parse_publishable, text, str(path))
+            self._reloader.check_switchable(config)  # the Router build: on the loop, as apply
         except Exception as exc:  # any failure: nothing is published, every worker is told
             error = describe(exc)
+            if config is not None:
+                error = scrub_fragments(error, config.secrets)
             body = json.dumps({"digest": digest, "error": error})
             await self._fenced_put(self.rejected_key, body, term)
             return ReloadResult("rejected", base, digest, error)
@@ -388,6 +401,11 @@ class EtcdConfigSync:
         await self._fenced_put(self.config_key, body, term)  # LeadershipLost if deposed: the
         # elector then steps down and cancels this work.
         return ReloadResult("published", revision, digest)
+
+    def _parse_publishable(self, text: str, source: str) -> GatewayConfig:
+        """``text`` parsed as the gateway would; ``ConfigError`` if it has a literal secret."""
+        check_publishable(text, source=source)
+        return self._reloader.parse(text, source)
 
     async def _rejected_since(self, digest: str, published_at: int) -> str | None:
         """The error ``digest`` was rejected with after the current publication, if it was."""

@@ -3,8 +3,8 @@
 etcd is shared by every replica and readable by whoever holds its credentials, so a config
 published there must not carry secrets: each replica resolves ``os.environ/NAME`` references
 from its own environment. ``literal_secrets`` finds the fields that hold a secret in the text
-itself: a secret-bearing field (its name ends in ``key``, ``secret``, ``password``, ``token``
-or ``credentials``: ``api_key``, ``master_key``, ``aws_secret_access_key``, ``etcd_password``…)
+itself: a secret-bearing field (``routeiq.config.secrets.is_secret_name``, the rule the loader
+also redacts by: ``api_key``, ``master_key``, ``aws_secret_access_key``, ``etcd_password``…)
 with a literal value, a secret-named entry of ``environment_variables``, and a URL with a
 password in it (``postgres://user:pw@host``). It names paths, never values.
 
@@ -14,33 +14,21 @@ the work (an alias bomb costs what its text costs) and no value is ever resolved
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
 
+from routeiq.config.secrets import is_secret_name, url_password
 from routeiq.errors import ConfigError
 
-__all__ = ["LITERAL_SECRET_HINT", "check_publishable", "is_secret_name", "literal_secrets"]
+__all__ = ["LITERAL_SECRET_HINT", "check_publishable", "literal_secrets"]
 
-_SECRET_WORDS = frozenset({"key", "secret", "password", "passwd", "token", "credentials"})
-# Named like secrets, yet they hold where a secret is, not the secret itself.
-_NOT_SECRETS = frozenset({"etcd_client_key"})
 _ENV_REF = "os.environ/"
-_URL_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*:[^/@\s]+@")
 
 LITERAL_SECRET_HINT = (
     "a literal secret cannot be published to etcd: write os.environ/NAME instead and set NAME "
     "on every replica"
 )
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a field (or env var) called ``name`` holds a secret, judged by its last word."""
-    if name.lower() in _NOT_SECRETS:
-        return False
-    words = [w for w in re.split(r"[_\-.]", name.lower()) if w]
-    return bool(words) and words[-1] in _SECRET_WORDS
 
 
 def literal_secrets(text: str) -> list[str]:
@@ -78,7 +66,7 @@ def _is_literal(node: yaml.ScalarNode, secret_named: bool) -> bool:
         return False
     if node.tag == "tag:yaml.org,2002:null" or value in ("~", "null", "Null", "NULL"):
         return False
-    return secret_named or bool(_URL_PASSWORD.match(value))
+    return secret_named or url_password(value) is not None
 
 
 def check_publishable(text: str, *, source: str) -> None:

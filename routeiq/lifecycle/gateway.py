@@ -202,7 +202,7 @@ class Gateway:
                 await self._run_hooks("serve", undo)
             except Exception as exc:
                 self._fire("fail", error=describe(exc), phase=self._phase)
-                raise StartupError(self._phase, exc) from exc
+                raise StartupError(self._phase, exc, redact=self.events.redactor) from exc
             finally:
                 self._startup_scope = None
         if scope.cancelled_caught:

@@ -84,14 +84,26 @@ class Reloader:
         return parse_config_text(text, self._env, source=source)
 
     def validate(self, text: str | bytes, source: str) -> GatewayConfig:
-        """The config in ``text`` if the running gateway could switch to it, else ConfigError."""
+        """The config in ``text`` if the running gateway could switch to it, else ConfigError.
+        Parses on the calling thread: from the event loop, ``parse`` in a worker thread and
+        then ``check_switchable``."""
+        config = self.parse(text, source)
+        self.check_switchable(config)
+        return config
+
+    def check_switchable(self, config: GatewayConfig) -> None:
+        """Raise if the running gateway could not switch to the parsed ``config``: a field only
+        a restart applies changed, or litellm refuses to build a Router from it.
+
+        Runs on the event loop, like the Router build in ``apply``: litellm's Router setup
+        registers process-global callbacks and is not safe beside a live Router on another
+        thread. It costs milliseconds for a config that parsed (parsing is the bounded,
+        threaded part)."""
         from routeiq.routing.litellm_setup import build_router, retire_router
 
-        config = self.parse(text, source)
         self._check_reloadable(config)
         # Rejects router_settings litellm refuses and strategies that cannot be installed.
         retire_router(build_router(self._litellm, config, self._gateway.strategies).router)
-        return config
 
     async def apply(self, text: str | bytes, *, revision: int | None, origin: str) -> ReloadResult:
         """Switch to ``text`` (at ``revision``, default current + 1): ``applied``,

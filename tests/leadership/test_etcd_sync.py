@@ -9,6 +9,8 @@ question is which texts reach it, and how often.
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -57,8 +59,14 @@ class RecordingReloader:
     rejected: list[str] = field(default_factory=list)
     changed: anyio.Event = field(default_factory=anyio.Event)
 
-    def validate(self, text: str, source: str) -> Any:
+    parsed_on: list[int] = field(default_factory=list)  # thread ids
+
+    def parse(self, text: str, source: str) -> Any:
+        self.parsed_on.append(threading.get_ident())
         return parse_config_text(text, ENV, source=source)
+
+    def check_switchable(self, config: Any) -> None:
+        pass
 
     async def apply(self, text: str, *, revision: int | None, origin: str) -> ReloadResult:
         self.applied.append((revision, text))
@@ -255,3 +263,102 @@ async def test_without_a_leader_a_reload_request_gets_no_answer(
     async with node(etcd, tmp_path / "none.yaml", "a") as a:
         request = await a.sync.request_reload()
         assert await a.sync.wait_answer(request, within=0.5) is None
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}]\n"
+    for i in range(8)
+)
+
+
+def write_bad_source(path: Path, kind: str) -> None:
+    if kind == "non-utf8":
+        path.write_bytes(config_text(["m"]).encode() + b"# caf\xe9\n")
+    elif kind == "alias-bomb":
+        path.write_text(ALIAS_BOMB, encoding="utf-8")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:  # too large for etcd, though below the file reader's own limit
+        path.write_text(config_text(["m"]) + "#" + "x" * (1024 * 1024) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("non-utf8", "not valid UTF-8: byte 0xe9 at line"),
+        ("alias-bomb", "YAML expands to more than"),
+        ("fifo", "a FIFO, not a regular file"),
+        ("too-large", "more than etcd takes"),
+    ],
+)
+async def test_an_unusable_file_is_one_rejection_retried_only_when_it_changes(
+    etcd: EtcdServer, tmp_path: Path, kind: str, reason: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    write_bad_source(path, kind)
+    rejected_key = f"{PREFIX}/config-rejected".encode()
+    async with node(etcd, path, "a") as a, etcd.client() as admin:
+        term = await lead(a)
+        result = await a.sync.publish_once(term, force=False)
+        assert result is not None and result.result == "rejected"
+        assert result.error is not None and reason in result.error
+        assert await admin.get(f"{PREFIX}/config".encode()) is None
+        await a.reloader.wait(lambda: a.reloader.rejected)
+        assert reason in a.reloader.rejected[0]
+        put_at = (await admin.get(rejected_key)).mod_revision
+
+        # Unchanged: the same rejection is answered, nothing is put again, nobody is told twice.
+        for _ in range(3):
+            again = await a.sync.publish_once(term, force=False)
+            assert again is not None and again.result == "rejected" and again.error == result.error
+        assert (await admin.get(rejected_key)).mod_revision == put_at
+        await anyio.sleep(0.3)  # several follower polls
+        assert len(a.reloader.rejected) == 1 and a.reloader.applied == []
+        # Whatever was parsed was parsed off the event loop.
+        assert threading.get_ident() not in a.reloader.parsed_on
+
+        # Fixed: published and applied.
+        path.unlink()
+        path.write_text(config_text(["m"]), encoding="utf-8")
+        fixed = await a.sync.publish_once(term, force=False)
+        assert fixed is not None and fixed.result == "published"
+        await a.reloader.wait(lambda: a.reloader.applied)
+        assert a.reloader.applied == [(fixed.revision, config_text(["m"]))]
+        assert threading.get_ident() not in a.reloader.parsed_on
+
+
+async def test_an_unreadable_file_replaced_by_another_unreadable_one_is_a_new_rejection(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "config.yaml"
+    os.mkfifo(path)
+    async with node(etcd, path, "a") as a:
+        term = await lead(a)
+        first = await a.sync.publish_once(term, force=False)
+        assert first is not None and first.result == "rejected"
+        await a.reloader.wait(lambda: len(a.reloader.rejected) == 1)
+        path.unlink()
+        os.mkfifo(path)  # the same error, another file: tried again, rejected again
+        second = await a.sync.publish_once(term, force=False)
+        assert second is not None and second.result == "rejected"
+        assert second.digest != first.digest
+        await a.reloader.wait(lambda: len(a.reloader.rejected) == 2)
+
+
+async def test_the_leader_keeps_publishing_after_rejecting_a_bad_file(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    """The leader's loop, not one call: a bad file is one rejection and never ends the loop."""
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"model_list: \xff\n")
+    async with node(etcd, path, "a") as a, anyio.create_task_group() as tg:
+        term = await lead(a)
+        tg.start_soon(a.sync.publish_as_leader, term)
+        await a.reloader.wait(lambda: a.reloader.rejected)
+        path.write_text(config_text(["m"]), encoding="utf-8")
+        a.sync.publish_soon()
+        await a.reloader.wait(lambda: a.reloader.applied)
+        assert len(a.reloader.rejected) == 1
+        tg.cancel_scope.cancel()

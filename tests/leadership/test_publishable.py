@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from routeiq.errors import ConfigError
-from routeiq.leadership.publishable import check_publishable, is_secret_name, literal_secrets
+from routeiq.leadership.publishable import check_publishable, literal_secrets
 
 CONFIG = """
 model_list:
@@ -52,24 +52,13 @@ def test_the_error_names_paths_and_no_value() -> None:
         assert fragment not in message
 
 
-@pytest.mark.parametrize(
-    ("name", "secret"),
-    [
-        ("api_key", True),
-        ("OPENAI_API_KEY", True),
-        ("client_secret", True),
-        ("azure_ad_token", True),
-        ("vertex_credentials", True),
-        ("key", True),
-        ("key_prefix", False),
-        ("max_tokens", False),
-        ("aws_access_key_id", False),
-        ("api_base", False),
-        ("etcd_client_key", False),  # a path to a PEM file
-    ],
-)
-def test_secret_names(name: str, secret: bool) -> None:
-    assert is_secret_name(name) is secret
+def test_prices_per_token_are_no_secrets() -> None:
+    text = """
+model_list:
+  - model_name: a
+    litellm_params: {model: openai/a, input_cost_per_token: 0.000001, output_cost_per_token: 2e-6}
+"""
+    assert literal_secrets(text) == []
 
 
 def test_anchors_are_followed_once_and_merge_keys_keep_the_path() -> None:

@@ -325,3 +325,34 @@ async def test_startup_error_is_raised_from_run(tmp_path: Path) -> None:
 def _sample(gateway: Gateway, name: str, labels: dict[str, str]) -> float | None:
     assert gateway.metrics is not None
     return gateway.metrics.registry.get_sample_value(name, labels)
+
+
+ETCD_PASSWORD = "etcd-root-pw-8f2c1e"
+
+
+async def test_a_password_given_by_env_never_shows_in_events_logs_or_errors(
+    tmp_path: Path,
+) -> None:
+    """``ROUTEIQ_ETCD_PASSWORD`` is a literal secret like any other: a hook that fails with it
+    in its message shows ``***`` in the event, the JSONL log and the startup error."""
+    config = tmp_path / "c.yaml"
+    hook = {"phase": "patch", "call": "tests.support.hooks:fail_with_etcd_password"}
+    model = {"model_name": "m", "litellm_params": {"model": "openai/m", "mock_response": "x"}}
+    config.write_text(yaml.safe_dump({"model_list": [model], "routeiq": {"hooks": [hook]}}))
+    log = tmp_path / "events.jsonl"
+    env = {
+        "ROUTEIQ_ETCD_USER": "gateway",
+        "ROUTEIQ_ETCD_PASSWORD": ETCD_PASSWORD,
+        "ROUTEIQ_EVENT_LOG": str(log),
+    }
+    gateway = Gateway(env=env, config_path=config)
+    with pytest.raises(StartupError) as raised:
+        await gateway.run()
+    error = str(raised.value)
+    assert "injected failure in phase patch (etcd password ***)" in error
+    failed = [e for e in gateway.events.events if e.error and "etcd password" in e.error]
+    assert failed and all("etcd password ***" in e.error for e in failed if e.error)
+    written = log.read_text(encoding="utf-8")
+    assert "etcd password ***" in written
+    for text in (error, written, *(repr(e.to_dict()) for e in gateway.events.events)):
+        assert ETCD_PASSWORD[4:12] not in text

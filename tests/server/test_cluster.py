@@ -15,7 +15,9 @@ loaded 2-core machine; the measured values are printed (``pytest -s``) and tabul
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -498,6 +500,47 @@ async def test_literal_keys_and_malformed_values_are_rejected_and_serving_goes_o
             assert live.status_code == 200, live.text
             assert await cluster.models(replica) == {"echo"}
             assert await cluster.metric(replica, "gateway_config_revision") > bad
+    finally:
+        marks = await marks_of(cluster, replicas)
+        cluster.write_config(["echo", "echo-restored"])
+        await _wait_config_events(cluster, replicas, marks, {"applied": 1})
+        marks = await marks_of(cluster, replicas)
+        cluster.write_config(["echo"])
+        await _wait_config_events(cluster, replicas, marks, {"applied": 1})
+
+
+async def test_an_unreadable_leader_file_is_one_rejection_everywhere_and_serving_goes_on(
+    cluster: Cluster,
+) -> None:
+    """The leader's file with a non-UTF-8 byte, then an alias bomb: each is one rejection on
+    every replica (while the file stays so), saying what is wrong; liveness and what is served
+    do not change, and the fixed file is published."""
+    await cluster.wait_leader()
+    replicas = cluster.serving()
+    before = await cluster.published()
+    levels = "abcdefghi"  # each level repeats the one before ten times: 10**9 when expanded
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in itertools.pairwise(levels)
+    )
+    bad_files = [
+        (cluster.config_text(["echo"]).encode() + b"# caf\xe9\n", "not valid UTF-8: byte 0xe9"),
+        (bomb.encode(), "YAML expands to more than"),
+    ]
+    try:
+        for content, reason in bad_files:
+            marks = await marks_of(cluster, replicas)
+            tmp = cluster.config_path.with_name(".bad.tmp")
+            tmp.write_bytes(content)
+            os.replace(tmp, cluster.config_path)
+            await _wait_config_events(cluster, replicas, marks, {"rejected": 1})
+            await anyio.sleep(1)  # several leader polls of the same bad file: still one event
+            for replica in replicas:
+                [event] = await cluster.events(replica, "config", since_seq=marks[replica.name])
+                assert reason in event["error"], event
+                live = await cluster.http.get(f"{replica.url}/health/live", timeout=5)
+                assert live.status_code == 200, live.text
+                assert await cluster.models(replica) == {"echo"}
+        assert await cluster.published() == before
     finally:
         marks = await marks_of(cluster, replicas)
         cluster.write_config(["echo", "echo-restored"])

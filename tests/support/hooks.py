@@ -76,3 +76,10 @@ async def crashing_service(ctx: HookContext, *, task_status: TaskStatus[None]) -
 def fail_with_secret(ctx: HookContext) -> None:
     """Fails with the master key in its message: the event log must never show it."""
     raise RuntimeError(f"injected failure in phase {ctx.phase} (key {ctx.config.master_key})")
+
+
+def fail_with_etcd_password(ctx: HookContext) -> None:
+    """Fails with the etcd password in its message: no event, log or error may show it."""
+    password = ctx.config.routeiq.leadership.etcd_password
+    shown = None if password is None else password.get_secret_value()
+    raise RuntimeError(f"injected failure in phase {ctx.phase} (etcd password {shown})")
