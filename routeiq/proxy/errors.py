@@ -2,11 +2,14 @@
 
 A client's mistake is a 4xx naming what to fix; an upstream's failure is a 502 (or 504 on a
 timeout, 429 when it rate-limits). No traceback or credential ever reaches a body: upstream
-messages are scrubbed of the configured secrets before they are sent.
+messages are scrubbed of the configured secrets before they are sent, and of litellm's
+exception class names (``litellm.InternalServerError: …``, ``OpenAIException - …``): a message
+never names litellm, the library is an implementation detail.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApiError",
+    "clean_upstream_message",
     "map_attempt_failure",
     "map_upstream_error",
     "openai_error_body",
@@ -70,7 +74,7 @@ def map_upstream_error(exc: BaseException, redact: Callable[[str], str]) -> ApiE
     """The ``ApiError`` a client sees for an exception raised by the Router."""
     name = type(exc).__name__
     status = getattr(exc, "status_code", None)
-    message = redact(_first_line(exc))
+    message = redact(clean_upstream_message(_first_line(exc), status))
     if "Timeout" in name or status == 408:
         return ApiError(504, f"the upstream model timed out: {message}", code="upstream_timeout")
     if status == 429 or "RateLimit" in name:
@@ -117,3 +121,23 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line[:500]
+
+
+# "litellm.BadRequestError: ", "BadRequestError: ", "OpenAIException - ", "litellm.Timeout: "…
+_CLASS_PREFIX = re.compile(
+    r"^\s*(?:(?:litellm\.)?(?:\w+\.)*\w*(?:Error|Exception|Timeout)\s*(?::|-)\s*)+", re.IGNORECASE
+)
+_CLASS_INFIX = re.compile(r"\b(?:litellm\.)?\w*(?:Error|Exception)\s+-\s+", re.IGNORECASE)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def clean_upstream_message(message: str, status: object = None) -> str:
+    """``message`` without litellm's exception class names; a sentence that still names
+    litellm (a hint like ``set litellm.drop_params=True``) is dropped."""
+    text = _CLASS_INFIX.sub("", _CLASS_PREFIX.sub("", message)).strip()
+    if "litellm" in text.lower():
+        kept = [s for s in _SENTENCE.split(text) if "litellm" not in s.lower()]
+        text = " ".join(kept).strip()
+    if not text:
+        return f"status {status}" if isinstance(status, int) else "no details"
+    return text

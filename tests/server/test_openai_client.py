@@ -195,3 +195,28 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(
         assert time.monotonic() < deadline, "the upstream stream was never cancelled"
         time.sleep(0.05)
     assert upstream_stats(upstream_url)["in_flight"] == 0
+
+
+@pytest.mark.parametrize("status", FAIL_STATUSES)
+def test_upstream_errors_never_name_litellm(gateway_url: str, status: int) -> None:
+    """An upstream failure, through either path and on every route, streamed or not: a clean
+    OpenAI error body without litellm's class names."""
+    model = f"fail-{status}"
+    with httpx.Client(headers={"authorization": f"Bearer {KEY}"}, timeout=30) as http:
+        for route, body in [
+            ("/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+            ("/completions", {"prompt": "x"}),
+            ("/embeddings", {"input": "x"}),
+            ("/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True}),
+        ]:
+            response = http.post(f"{gateway_url}{route}", json={"model": model, **body})
+            print(route, body.get("stream", False), response.status_code, response.text[:300])
+            assert "litellm" not in response.text.lower(), response.text
+            assert "exception" not in response.text.lower(), response.text
+            if response.status_code != 200:  # a stream's error may come in-band
+                error = response.json()["error"]
+                assert error["message"] and set(error) == {"message", "type", "param", "code"}
+    client = openai.OpenAI(base_url=gateway_url, api_key=KEY, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert "litellm" not in str(raised.value).lower()
