@@ -345,7 +345,9 @@ def _call_kwargs(
         raise ApiError(
             404, f"the model '{model}' does not exist", param="model", code="model_not_found"
         )
-    kwargs = dict(body)
+    # An explicit null is an absent field (as OpenAI reads it): litellm fails on some, e.g.
+    # ``"metadata": null`` raised in its own code (a 502 blaming the upstream).
+    kwargs = {name: value for name, value in body.items() if value is not None}
     settings = runtime.config.litellm_settings
     if "drop_params" in settings:
         kwargs.setdefault("drop_params", settings["drop_params"])

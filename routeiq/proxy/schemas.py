@@ -23,6 +23,7 @@ from pydantic.json_schema import models_json_schema
 from routeiq.proxy.errors import ApiError
 
 __all__ = [
+    "MIN_CLIENT_TIMEOUT_S",
     "REQUEST_MODELS",
     "ChatCompletionRequest",
     "CompletionRequest",
@@ -74,6 +75,9 @@ class ResponseFormat(_Part):
     json_schema: JsonObject | None = None
 
 
+MIN_CLIENT_TIMEOUT_S = 1.0
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -84,7 +88,9 @@ class _Request(BaseModel):
     stream_options: StreamOptions | None = None
     n: int | None = None
     seed: int | None = None
-    timeout: float | None = Field(default=None, gt=0)
+    # A client may shorten the operator's deadline, not below what any upstream call can meet:
+    # a smaller one is the client's mistake (400), not an upstream timeout (504).
+    timeout: float | None = Field(default=None, ge=MIN_CLIENT_TIMEOUT_S)
 
 
 class ChatCompletionRequest(_Request):

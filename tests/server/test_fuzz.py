@@ -50,7 +50,9 @@ class Live:
 
     def inflight(self) -> float:
         # Scraped as Prometheus does: without a key (the master key is no read key).
-        metrics = httpx.get(f"{self.url}/metrics", timeout=30).text
+        response = httpx.get(f"{self.url}/metrics", timeout=30)
+        assert response.status_code == 200, response.text
+        metrics = response.text
         values = [
             float(line.split()[-1])
             for line in metrics.splitlines()
@@ -133,10 +135,6 @@ def check_afterwards(live: Live, rss_before: float) -> None:
     assert growth < RSS_GROWTH_LIMIT_MB, f"RSS grew by {growth:.0f} MB"
 
 
-@pytest.mark.skip(
-    reason="open finding: a POST /v1/completions on the mock model timed out (30 s) mid-run; "
-    "not yet reproduced alone or explained"
-)
 def test_schemathesis_finds_no_5xx_on_any_route(live: Live) -> None:
     schema = schemathesis.openapi.from_url(f"{live.url}/openapi.json")
     histogram: Counter[int] = Counter()
@@ -146,7 +144,7 @@ def test_schemathesis_finds_no_5xx_on_any_route(live: Live) -> None:
     for operation in operations:
         fuzz_operation(live, operation, histogram)
     report("schemathesis", histogram)
-    assert sum(histogram.values()) > 100
+    assert sum(histogram.values()) > 200
     assert any(200 <= status < 300 for status in histogram)
     check_afterwards(live, rss_before)
 
@@ -158,14 +156,21 @@ def fuzz_operation(live: Live, operation: Any, histogram: Counter[int]) -> None:
         operation.as_strategy(GenerationMode.NEGATIVE),
     )
 
-    @settings(FUZZ, max_examples=30 if operation.path.startswith("/v1/") else 6)
+    if operation.path.startswith("/v1/"):
+        examples = 100 if operation.method.upper() == "POST" else 15
+    else:
+        examples = 6
+
+    @settings(FUZZ, max_examples=examples)
     @given(case=cases, model=st.sampled_from([None, *MODELS]))
     def fuzz(case: Any, model: str | None) -> None:
         if model is not None and isinstance(case.body, dict):
             case.body["model"] = model
-        response = case.call(
-            base_url=live.url, headers={"authorization": f"Bearer {key}"}, timeout=30
-        )
+        # The generated key (often "Bearer ") would win over ours: every call is authorized,
+        # so the fuzzing reaches the handlers rather than the 401.
+        headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+        case.headers = {**headers, "Authorization": f"Bearer {key}"}
+        response = case.call(base_url=live.url, timeout=30)
         histogram[response.status_code] += 1
         assert response.status_code < 500, (
             f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"

@@ -251,7 +251,8 @@ class Upstream:
         if failed := await self._maybe_fail(directives):
             return failed
         prompt = body.get("prompt", "")
-        prompt = " ".join(prompt) if isinstance(prompt, list) else str(prompt)
+        # A prompt may be text, texts, tokens or lists of tokens (OpenAI accepts all four).
+        prompt = " ".join(map(str, prompt)) if isinstance(prompt, list) else str(prompt)
         reply = f"[{self.name}] {prompt}".strip()
         if body.get("stream"):
             return await self._stream(request, body, directives, reply, chat=False)
