@@ -69,6 +69,7 @@ WRONG_TYPES = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{}]}]}, None),
     ("/v1/chat/completions", {"messages": []}, "messages"),
     ("/v1/chat/completions", {"stream": 1, **CHAT}, "stream"),
+    ("/v1/chat/completions", {"timeout": 1e-300, **CHAT}, "timeout"),
     ("/v1/completions", {"prompt": ["a", 1, None]}, "prompt[1]"),
     ("/v1/completions", {"prompt": "x", "max_tokens": "10"}, "max_tokens"),
     ("/v1/embeddings", {"input": {"text": "a"}}, "input"),
@@ -352,6 +353,23 @@ async def test_mock_model_embeddings_are_vectors_as_floats_or_base64() -> None:
         assert math.isclose(math.fsum(x * x for x in decoded[0]), 1.0, rel_tol=1e-5)
         too_big = await client.post("/v1/embeddings", json={**request, "dimensions": 100_000})
         assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "dimensions"
+
+
+async def test_explicit_nulls_are_absent_fields_on_the_mock_model() -> None:
+    """litellm raised on ``"metadata": null`` (a 502 the fuzzer found): nulls mean "not set"."""
+    nulls = {"metadata": None, "user": None, "stop": None, "n": None, "stream_options": None}
+    app = GatewayApp(env={})
+    async with running_app(app) as client:
+        for route, body in [
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+            ("/v1/completions", {"prompt": "hi"}),
+        ]:
+            for stream in (False, True):
+                request = {"model": "routeiq-mock", **body, **nulls, "stream": stream}
+                response = await client.post(route, json=request)
+                assert response.status_code == 200, response.text
+                assert "[DONE]" in response.text if stream else response.json()["choices"]
+        assert sample(app, "gateway_inflight_requests") == 0
 
 
 async def test_openapi_describes_every_route_with_security_and_bodies() -> None:
