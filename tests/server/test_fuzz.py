@@ -102,7 +102,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                     },
                 ],
                 "router_settings": {"num_retries": 0, "timeout": 10},
-                "routeiq": {"master_key": KEY, "admin_key": ADMIN},
+                "routeiq": {
+                    "master_key": KEY,
+                    "admin_key": ADMIN,
+                    # Well under the client's 30 s: a request whose body never arrives whole
+                    # shows as a 408 naming itself, not as a client timeout.
+                    "limits": {"body_timeout_s": 5},
+                },
             }
         )
     )
