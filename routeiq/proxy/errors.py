@@ -128,6 +128,8 @@ _CLASS_PREFIX = re.compile(
     r"^\s*(?:(?:litellm\.)?(?:\w+\.)*\w*(?:Error|Exception|Timeout)\s*(?::|-)\s*)+", re.IGNORECASE
 )
 _CLASS_INFIX = re.compile(r"\b(?:litellm\.)?\w*(?:Error|Exception)\s+-\s+", re.IGNORECASE)
+# The openai SDK's prefix, which litellm's text completion and embeddings keep.
+_SDK_PREFIX = re.compile(r"^Error code: \d{3} - ")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -135,6 +137,7 @@ def clean_upstream_message(message: str, status: object = None) -> str:
     """``message`` without litellm's exception class names; a sentence that still names
     litellm (a hint like ``set litellm.drop_params=True``) is dropped."""
     text = _CLASS_INFIX.sub("", _CLASS_PREFIX.sub("", message)).strip()
+    text = _SDK_PREFIX.sub("", text)
     if "litellm" in text.lower():
         kept = [s for s in _SENTENCE.split(text) if "litellm" not in s.lower()]
         text = " ".join(kept).strip()

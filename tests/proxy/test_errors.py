@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -69,6 +68,7 @@ def test_timeouts_and_connection_errors_are_clean() -> None:
     [
         ("litellm.NotFoundError: NotFoundError: OpenAIException - gone", "gone"),
         ("litellm.Timeout: timed out", "timed out"),
+        ("litellm.InternalServerError: Error code: 503 - overloaded", "overloaded"),
         (
             "litellm.UnsupportedParamsError: openai does not support parameters: ['x']. "
             "To drop these, set `litellm.drop_params=True`.",
@@ -84,14 +84,27 @@ def test_clean_upstream_message(raw: str, clean: str) -> None:
 
 
 def test_an_in_band_stream_error_names_no_litellm() -> None:
-    async def chunks() -> AsyncIterator[Any]:
-        raise litellm_error(500, f"OpenAIException - broke mid-stream {SECRET}")
-        yield  # an async generator
+    class Broken:
+        """A litellm stream that fails once iterated (the headers are already sent)."""
+
+        closed = False
+
+        def __aiter__(self) -> Broken:
+            return self
+
+        async def __anext__(self) -> Any:
+            raise litellm_error(500, f"OpenAIException - broke mid-stream {SECRET}")
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    stream = Broken()
 
     async def relay() -> list[bytes]:
-        return [frame async for frame in litellm_sse(chunks(), redact, lambda usage: None)]
+        return [frame async for frame in litellm_sse(stream, redact, lambda usage: None)]
 
     frames = anyio.run(relay)
+    assert stream.closed
     assert frames[-1] == b"data: [DONE]\n\n"
     error = json.loads(frames[0].removeprefix(b"data: "))["error"]
     assert error["message"] == "the upstream model failed: broke mid-stream ***"

@@ -360,10 +360,11 @@ async def test_explicit_nulls_are_absent_fields_on_the_mock_model() -> None:
     nulls = {"metadata": None, "user": None, "stop": None, "n": None, "stream_options": None}
     app = GatewayApp(env={})
     async with running_app(app) as client:
-        for route, body in [
+        requests: list[tuple[str, dict[str, Any]]] = [
             ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
             ("/v1/completions", {"prompt": "hi"}),
-        ]:
+        ]
+        for route, body in requests:
             for stream in (False, True):
                 request = {"model": "routeiq-mock", **body, **nulls, "stream": stream}
                 response = await client.post(route, json=request)
