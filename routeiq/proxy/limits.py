@@ -28,13 +28,13 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 
 from routeiq.config.model import LimitsSettings
+from routeiq.observability.catalog import API_ROUTES
 from routeiq.proxy.errors import ApiError, openai_error_body
 
 if TYPE_CHECKING:
     from routeiq.app import GatewayApp
 
 __all__ = [
-    "GUARDED_PREFIX",
     "RequestGuard",
     "check_json_depth",
     "check_request_bounds",
@@ -43,7 +43,6 @@ __all__ = [
     "read_json_body",
 ]
 
-GUARDED_PREFIX = "/v1/"
 # Fields whose value is a count of generated things: name → which limit bounds it.
 _COUNTS = {
     "n": "max_n",
@@ -206,18 +205,16 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         gateway = self._holder.gateway
         runtime = None if gateway is None else gateway.runtime
-        if (
-            scope["type"] != "http"
-            or not str(scope.get("path", "")).startswith(GUARDED_PREFIX)
-            or gateway is None
-            or runtime is None
-        ):
+        route = _api_route(str(scope.get("path", ""))) if scope["type"] == "http" else None
+        if route is None or gateway is None or runtime is None:
+            # Not an API route (an unknown /v1 path is a cheap 404): nothing to guard.
             await self._app(scope, receive, send)
             return
         limits = runtime.config.routeiq.limits
         if self._inflight >= limits.max_inflight:
             if gateway.metrics is not None:
-                gateway.metrics["gateway_requests_shed_total"].labels(route=scope["path"]).inc()
+                # A bounded label: the client chooses the path, not the series.
+                gateway.metrics["gateway_requests_shed_total"].labels(route=route).inc()
             await _shed(send, limits)
             return
         self._inflight += 1
@@ -225,6 +222,15 @@ class RequestGuard:
             await _cancel_on_disconnect(self._app, scope, receive, send)
         finally:
             self._inflight -= 1
+
+
+def _api_route(path: str) -> str | None:
+    """The API route ``path`` belongs to (``/v1/models/{model}`` counts as ``/v1/models``)."""
+    if path in API_ROUTES:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models"
+    return None
 
 
 async def _shed(send: Any, limits: LimitsSettings) -> None:

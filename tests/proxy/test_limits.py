@@ -152,7 +152,13 @@ async def test_the_inflight_cap_sheds_with_503_and_retry_after_before_reading_th
                 await upstream.wait_for(lambda s: s.in_flight == 2)
             # Not JSON: a 400 if the body were read; the cap answers first.
             shed = await client.post("/v1/chat/completions", content=b"{not json", headers=AUTH)
+            # The client picks paths, not series: a model path counts as /v1/models, and an
+            # unknown path is the app's 404, neither shed nor a new label value.
+            retrieve = await client.get("/v1/models/gpt", headers=AUTH)
+            unknown = await client.post("/v1/made-up-route-1234", json={}, headers=AUTH)
             tg.cancel_scope.cancel()
+        assert retrieve.status_code == 503, retrieve.text
+        assert unknown.status_code == 404, unknown.text
         assert shed.status_code == 503, shed.text
         assert shed.headers["retry-after"] == "3"
         error = shed.json()["error"]
@@ -162,6 +168,16 @@ async def test_the_inflight_cap_sheds_with_503_and_retry_after_before_reading_th
         registry = gateway.metrics.registry
         labels = {"route": "/v1/chat/completions"}
         assert registry.get_sample_value("gateway_requests_shed_total", labels) == 1
+        models = {"route": "/v1/models"}
+        assert registry.get_sample_value("gateway_requests_shed_total", models) == 1
+        routes = {
+            s.labels["route"]
+            for metric in registry.collect()
+            if metric.name == "gateway_requests_shed"
+            for s in metric.samples
+        }
+        assert "/v1/chat/completions" in routes, routes
+        assert "/v1/made-up-route-1234" not in routes and "/v1/models/gpt" not in routes, routes
         with anyio.fail_after(20):
             await upstream.wait_for(lambda s: s.in_flight == 0)
         # The two cancelled requests left the cap: new requests are served again.
