@@ -40,11 +40,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the repo's tests and benchmarks
 
+from overhead import CHAT, MASTER_KEY, load  # noqa: E402  (this folder: the same load loop)
+
 from tests.support.procs import free_port, gateway_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
-MASTER_KEY = "sk-bench-0123456789abcdef0123456789abcdef"
-CHAT = {"model": "bench", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
 LATENCY_BUCKETS_ROUTE = "/v1/chat/completions"
 
 
@@ -208,36 +208,6 @@ async def _count_load(url: str, concurrency: int, requests: int) -> tuple[int, i
 
         await asyncio.gather(*(one() for _ in range(concurrency)))
     return done, errors
-
-
-async def load(url: str, concurrency: int, seconds: float) -> tuple[list[float], int]:
-    """``concurrency`` clients posting the chat body for ``seconds``: (latencies, errors)."""
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + seconds
-    headers = {"authorization": f"Bearer {MASTER_KEY}"}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-
-        async def client() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                try:
-                    async with session.post(f"{url}/chat/completions", json=CHAT) as response:
-                        await response.read()
-                        ok = response.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors += 1
-
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-    return latencies, errors
 
 
 # --- load ------------------------------------------------------------------------------------
