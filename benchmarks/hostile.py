@@ -28,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's tests package
 
-from tests.support.procs import BIN, free_port, gateway_env
+from tests.support.procs import BIN, free_port, gateway_env, wait_http_ready
 from tests.support.upstream import Upstream, running_upstream
 
 KEY = "sk-bench-master-key"
@@ -121,15 +121,7 @@ async def run(args: argparse.Namespace) -> None:
             )
             url = f"http://127.0.0.1:{port}"
             try:
-                async with httpx.AsyncClient() as client:
-                    with anyio.fail_after(180):
-                        while True:
-                            try:
-                                if (await client.get(f"{url}/health/ready")).status_code == 200:
-                                    break
-                            except httpx.TransportError:
-                                pass
-                            await anyio.sleep(0.1)
+                await anyio.to_thread.run_sync(wait_http_ready, url, 180)
                 for fault in FAULTS:
                     for path_name in ("fast", "litellm"):
                         upstream.reset()

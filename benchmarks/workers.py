@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))  # the repo's tests and benchmarks
 
 from overhead import CHAT, MASTER_KEY, load  # noqa: E402  (this folder: the same load loop)
 
-from tests.support.procs import free_port, gateway_env  # noqa: E402
+from tests.support.procs import free_port, gateway_env, wait_http_ready  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LATENCY_BUCKETS_ROUTE = "/v1/chat/completions"
@@ -155,20 +155,6 @@ class Group:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def wait_http_ready(url: str, timeout: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
 def smaps(pid: int) -> dict[str, float]:

@@ -25,6 +25,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_http_ready(url: str, timeout: float = 300) -> None:
+    """Poll ``url``'s ``/health/ready`` until it answers 200; ``RuntimeError`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
 @dataclass
 class GatewayProcess:
     args: list[str]
