@@ -313,6 +313,13 @@ def test_each_fault_fires_its_alert_and_nothing_else(tmp_path: Path, upstream: s
 
             return probe
 
+        def seen_leading(process: GatewayProcess) -> Callable[[], bool]:
+            def probe() -> bool:
+                expr = f'leader_election_status{{instance="{address(process)}"}} == 1'
+                return bool(prometheus.query(expr))
+
+            return probe
+
         wait_until(scraped(targets[JOB], 3), timeout=60, what="three scrapes of every target")
         injected: dict[Key, tuple[str, float]] = {}
         with AlertWatch(prometheus) as watch:
@@ -336,13 +343,18 @@ def test_each_fault_fires_its_alert_and_nothing_else(tmp_path: Path, upstream: s
                 "3 leader crashes, each restarted",
                 time.time(),
             )
+            # Each leader is killed only once Prometheus has scraped it leading: a leader killed
+            # between two scrapes is churn no scrape could see (it failed CI on a loaded machine).
             for _ in range(3):
                 name = next(n for n, p in churn.items() if leads(p))
+                wait_until(seen_leading(churn[name]), timeout=60, what=f"{name} scraped leading")
                 churn[name] = fleet.restart(churn[name], name)
                 allowed.add(("GatewayTargetDown", address(churn[name])))  # down while restarting
                 wait_until(
                     lambda: any(leads(p) for p in churn.values()), timeout=30, what="a new leader"
                 )
+            name = next(n for n, p in churn.items() if leads(p))
+            wait_until(seen_leading(churn[name]), timeout=60, what=f"{name} scraped leading")
 
             a.wait_ready(timeout=180)
             # The fault is visible from the end of A's startup (A itself says when).
