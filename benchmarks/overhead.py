@@ -4,9 +4,9 @@ Starts the fake OpenAI-compatible upstream (``tests/support/upstream.py``), Rout
 (``hypercorn routeiq.app:app``, one worker) and the LiteLLM proxy (``litellm[proxy]`` in its own
 venv, created on first use under ``.cache/bench/``) on the same upstream. The servers are pinned
 to core 0, the load generator and the upstream to core 1. For each target it measures latency at
-concurrency 1 and 32, throughput at 32, streaming time to first token, errors and the server's
-RSS after the load, and prints one table. "added p50" is the target's p50 at concurrency 1
-minus the upstream's own.
+concurrency 1 and 32, throughput and the server's CPU time per request at 32, streaming time to
+first token, errors and the server's RSS after the load, and prints one table. "added p50" is
+the target's p50 at concurrency 1 minus the upstream's own.
 
     python benchmarks/overhead.py [--seconds 10] [--skip-litellm]
 """
@@ -57,6 +57,20 @@ def tree_rss_mb(pid: int) -> float:
     for child in children.stdout.split():
         total += tree_rss_mb(int(child))
     return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = subprocess.run(
+        ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+    )
+    return total + sum(tree_cpu_s(int(child)) for child in children.stdout.split())
 
 
 @dataclass
@@ -150,13 +164,18 @@ def pct(values: list[float], q: float) -> float:
 async def measure(server: Server, seconds: float) -> None:
     await load(server.url, 8, 1.0)  # warm-up
     lat1, err1 = await load(server.url, 1, seconds)
+    # CPU per request is steadier than req/s on a shared VM: time stolen by a neighbour lowers
+    # req/s but is not the server's CPU time.
+    cpu_before = tree_cpu_s(server.proc.pid) if server.proc else float("nan")
     lat32, err32 = await load(server.url, 32, seconds)
+    cpu_s = (tree_cpu_s(server.proc.pid) if server.proc else float("nan")) - cpu_before
     server.results = {
         "p50_c1_ms": pct(lat1, 0.5) * 1000,
         "p99_c1_ms": pct(lat1, 0.99) * 1000,
         "p50_c32_ms": pct(lat32, 0.5) * 1000,
         "p99_c32_ms": pct(lat32, 0.99) * 1000,
         "rps_c32": len(lat32) / seconds,
+        "cpu_us_per_req": cpu_s / max(1, len(lat32) + err32) * 1e6,
         "ttft_ms": await ttft(server.url) * 1000,
         "errors": err1 + err32,
         "rss_mb": tree_rss_mb(server.proc.pid) if server.proc else float("nan"),
@@ -278,14 +297,14 @@ async def main() -> None:
             server.stop()
     base = upstream.results["p50_c1_ms"]
     print(f"{'target':<18} {'rps@32':>8} {'p50@1':>7} {'p99@1':>7} {'p50@32':>7} {'p99@32':>7} "
-          f"{'added p50':>9} {'TTFT':>7} {'RSS MB':>7} {'errors':>6}")  # fmt: skip
+          f"{'added p50':>9} {'TTFT':>7} {'CPU µs':>7} {'RSS MB':>7} {'errors':>6}")  # fmt: skip
     for server in servers:
         r = server.results
         added = r["p50_c1_ms"] - base
         print(
             f"{server.name:<18} {r['rps_c32']:8.0f} {r['p50_c1_ms']:7.2f} {r['p99_c1_ms']:7.2f} "
             f"{r['p50_c32_ms']:7.2f} {r['p99_c32_ms']:7.2f} {added:9.2f} {r['ttft_ms']:7.2f} "
-            f"{r['rss_mb']:7.0f} {int(r['errors']):6d}"
+            f"{r['cpu_us_per_req']:7.0f} {r['rss_mb']:7.0f} {int(r['errors']):6d}"
         )
     if len(servers) == 3:
         ours = routeiq.results["p50_c1_ms"] - base
@@ -294,6 +313,7 @@ async def main() -> None:
             f"\nRouteIQ adds {ours:.2f} ms, the LiteLLM proxy {theirs:.2f} ms: "
             f"ratio {ours / theirs:.2f} (target <= 0.33)"
         )
+    print("(CPU µs: the server's CPU time per request at concurrency 32)")
     print("(latencies in ms; the servers pinned to core 0, load generator and upstream to core 1)")
 
 

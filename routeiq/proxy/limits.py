@@ -20,7 +20,9 @@ and shapes of fields (request validation does that) and upstream-side limits.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +55,9 @@ _COUNTS = {
     "logprobs": "max_logprobs",
 }
 _ITEM_LISTS = ("input", "prompt")
+# Only a \uD800-\uDFFF escape can put a surrogate in a parsed body (raw bytes must be UTF-8):
+# without one, the costlier check is skipped.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -78,9 +83,24 @@ async def read_json_body(request: Request, limits: LimitsSettings) -> dict[str, 
         ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_request")
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
+        raise ApiError(
+            400,
+            "the request body is not valid JSON: "
+            "it holds a lone UTF-16 surrogate escape, which is not text",
+            code="invalid_json",
+        )
     check_json_depth(raw, body, limits)
     check_request_bounds(body, limits)
     return body
+
+
+def _has_lone_surrogate(body: dict[str, Any]) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 async def read_body(request: Request, limits: LimitsSettings) -> bytes:
@@ -257,17 +277,25 @@ async def _shed(send: Any, limits: LimitsSettings) -> None:
 
 
 async def _cancel_on_disconnect(app: Any, scope: Scope, receive: Any, send: Any) -> None:
+    """Run ``app``; cancel it if the client disconnects before the response's last byte.
+
+    The watcher is a bare asyncio task bounded by this call (cancelled in ``finally``), inside
+    one cancel scope, rather than an anyio task group: measured here, a task group costs
+    ≈ 50 µs per request (its closing ``cancel()`` formats the task's repr), a third of what the
+    whole request path added. The gateway only runs on asyncio (hypercorn's asyncio worker).
+    """
     disconnected = anyio.Event()
     body_read = responded = False
+    watcher: asyncio.Task[None] | None = None
 
-    async with anyio.create_task_group() as tg:
+    with anyio.CancelScope() as request_scope:
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
             disconnected.set()
             if not responded:  # a disconnect after the last byte is just the connection closing
-                tg.cancel_scope.cancel()
+                request_scope.cancel()
 
         async def app_send(message: Message) -> None:
             nonlocal responded
@@ -276,7 +304,7 @@ async def _cancel_on_disconnect(app: Any, scope: Scope, receive: Any, send: Any)
             await send(message)
 
         async def app_receive() -> Message:
-            nonlocal body_read
+            nonlocal body_read, watcher
             if body_read or disconnected.is_set():
                 await disconnected.wait()
                 return {"type": "http.disconnect"}
@@ -285,8 +313,11 @@ async def _cancel_on_disconnect(app: Any, scope: Scope, receive: Any, send: Any)
                 disconnected.set()
             elif not message.get("more_body", False):
                 body_read = True
-                tg.start_soon(watch)
+                watcher = asyncio.get_running_loop().create_task(watch())
             return message
 
-        await app(scope, app_receive, app_send)
-        tg.cancel_scope.cancel()
+        try:
+            await app(scope, app_receive, app_send)
+        finally:
+            if watcher is not None:
+                watcher.cancel()

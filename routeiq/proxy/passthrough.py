@@ -226,17 +226,16 @@ def _status_failure(status: int, raw: bytes) -> AttemptFailed:
 
 def _checked_body(raw: bytes, content_type: str) -> Mapping[str, Any] | None:
     """The ``usage`` of a JSON object body; ``AttemptFailed`` when the body is not one."""
-    invalid = AttemptFailed(
-        f"the upstream answered 200 with a body that is not a JSON object ({content_type})",
-        invalid_body=True,
-        code="upstream_invalid_response",
-    )
     try:
         parsed = json.loads(raw)
     except (ValueError, RecursionError):
-        raise invalid from None
+        parsed = None
     if not isinstance(parsed, dict):
-        raise invalid
+        raise AttemptFailed(
+            f"the upstream answered 200 with a body that is not a JSON object ({content_type})",
+            invalid_body=True,
+            code="upstream_invalid_response",
+        )
     usage = parsed.get("usage")
     return usage if isinstance(usage, Mapping) else None
 

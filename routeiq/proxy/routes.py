@@ -14,7 +14,6 @@ Each request uses one ``Runtime`` snapshot (config + Router) from start to end.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -313,22 +312,7 @@ def _authorize(request: Request, runtime: Runtime) -> None:
 
 async def _json_body(request: Request, runtime: Runtime) -> dict[str, Any]:
     """The request's body as a JSON object within ``routeiq.limits``; else a 4xx ``ApiError``."""
-    body = await read_json_body(request, runtime.config.routeiq.limits)
-    if _has_lone_surrogate(body):
-        raise _invalid_json("it holds a lone UTF-16 surrogate escape, which is not text")
-    return body
-
-
-def _invalid_json(reason: str) -> ApiError:
-    return ApiError(400, f"the request body is not valid JSON: {reason}", code="invalid_json")
-
-
-def _has_lone_surrogate(body: dict[str, Any]) -> bool:
-    try:
-        json.dumps(body, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return True
-    return False
+    return await read_json_body(request, runtime.config.routeiq.limits)
 
 
 def _call_kwargs(

@@ -7,6 +7,7 @@ upstream generation keeps running for nobody.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -32,18 +33,22 @@ class DisconnectAwareStream(StreamingResponse):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         iterator = self.body_iterator
+        watcher: asyncio.Task[None] | None = None
         try:
-            async with anyio.create_task_group() as tg:
+            # A bare watcher task bounded by this call, as in ``routeiq.proxy.limits``: an anyio
+            # task group per response costs ≈ 50 µs.
+            with anyio.CancelScope() as scope:
 
                 async def watch_disconnect() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    tg.cancel_scope.cancel()
+                    scope.cancel()
 
-                tg.start_soon(watch_disconnect)
+                watcher = asyncio.get_running_loop().create_task(watch_disconnect())
                 await self.stream_response(send)
-                tg.cancel_scope.cancel()
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await aclose_quietly(iterator)
 
 
