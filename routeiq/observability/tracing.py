@@ -20,6 +20,7 @@ this module is.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,7 +31,7 @@ from routeiq.errors import ConfigError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import Span, Tracer
 
 __all__ = [
     "OPERATION_OF_ROUTE",
@@ -229,6 +230,7 @@ class RequestSpan:
 
 
 _current: ContextVar[RequestSpan | None] = ContextVar("routeiq_request_span", default=None)
+_request_tracers: weakref.WeakKeyDictionary[TracerProvider, Tracer] = weakref.WeakKeyDictionary()
 
 
 def current_request_span() -> RequestSpan:
@@ -266,7 +268,10 @@ def request_span(
     attributes: dict[str, str] = {"gen_ai.operation.name": operation}
     if model is not None:
         attributes["gen_ai.request.model"] = model
-    tracer = tracer_provider.get_tracer(REQUEST_TRACER)
+    tracer = _request_tracers.get(tracer_provider)
+    if tracer is None:
+        # One per provider: get_tracer() builds a new Tracer (and its scope) on every call.
+        tracer = _request_tracers[tracer_provider] = tracer_provider.get_tracer(REQUEST_TRACER)
     span = tracer.start_span(
         f"{operation} {model}" if model is not None else operation,
         context=parent,
