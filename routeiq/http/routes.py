@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,7 +30,8 @@ from routeiq.http.control import (
     redact_startup,
 )
 from routeiq.http.request_id import RequestIdMiddleware
-from routeiq.mcp.admin import mcp_admin_routes
+from routeiq.http.schemas import ErrorBody, HealthStatus
+from routeiq.mcp.admin import mcp_admin_routes, mcp_openapi_schemas
 from routeiq.mcp.endpoint import McpEndpoint
 from routeiq.proxy.errors import openai_error_response
 from routeiq.proxy.routes import openai_routes
@@ -55,16 +55,6 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "description": "routeiq.admin_key (ROUTEIQ_ADMIN_KEY); admin routes refuse without one",
     },
 }
-
-
-class HealthStatus(BaseModel):
-    status: str
-    state: str
-    error: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: str
 
 
 def build_http_app(holder: GatewayApp) -> FastAPI:
@@ -174,7 +164,7 @@ def build_http_app(holder: GatewayApp) -> FastAPI:
 
     described = openai_routes(app, holder)
     admin_routes(app, holder)
-    app.router.routes.extend(mcp_admin_routes(holder))
+    mcp_admin_routes(app, holder)
     app.router.routes.append(Route("/mcp", McpEndpoint(holder)))
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -210,6 +200,7 @@ def build_http_app(holder: GatewayApp) -> FastAPI:
             components = schema.setdefault("components", {})
             components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
             components.setdefault("schemas", {}).update(openapi_schemas())
+            components["schemas"].update(mcp_openapi_schemas())
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -6,20 +6,26 @@ is a 400 saying how to allow it, a server declared in the config is read-only (4
 is written to the durable store (with etcd: submitted to the leader, which writes it under its
 fencing token); the answer is 201/200/204 once this replica serves the change, or 202 if it is
 still pending. Header values are never returned: only their names.
+
+``/openapi.json`` describes the routes with the admin key's security scheme, ``McpServerSpec``
+as the request body and the response models below (``mcp_openapi_schemas`` adds the request
+body's schema to the document's components).
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import ValidationError
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from routeiq.errors import describe
 from routeiq.http.auth import bearer_token, key_matches
+from routeiq.http.schemas import ErrorBody
 from routeiq.mcp.component import McpGateway, RegistryConflict
 from routeiq.mcp.config import McpServerSpec
 from routeiq.mcp.guard import UrlRefused
@@ -28,12 +34,88 @@ from routeiq.mcp.store import StoreUnavailable
 if TYPE_CHECKING:
     from routeiq.app import GatewayApp
 
-__all__ = ["mcp_admin_routes"]
+__all__ = [
+    "McpServerChange",
+    "McpServerList",
+    "McpServerPending",
+    "McpServerView",
+    "mcp_admin_routes",
+    "mcp_openapi_schemas",
+]
 
 PATH = "/_admin/mcp/servers"
+SECURITY: list[dict[str, list[str]]] = [{"AdminKey": []}]
 
 
-def mcp_admin_routes(holder: GatewayApp) -> list[Route]:
+class _PublicSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    url: str
+    headers: dict[str, str] = Field(description='each header\'s name, its value "<redacted>"')
+    tools_allow: list[str] | None
+    tools_deny: list[str]
+    call_timeout_s: float | None
+
+
+class McpServerView(_PublicSpec):
+    """A registered MCP server as this replica serves it."""
+
+    source: Literal["config", "registry"] = Field(
+        description="declared in the config (read-only here) or registered at run time"
+    )
+    status: Literal["up", "down"]
+    tools: list[str] = Field(description="the tools it exposes (after its allow/deny lists)")
+    last_error: str | None
+
+
+class McpServerList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    servers: list[McpServerView]
+
+
+class McpServerChange(_PublicSpec):
+    """The server as registered, and whether this replica serves it yet."""
+
+    result: Literal["applied", "pending"]
+
+
+class McpServerPending(BaseModel):
+    """A deletion submitted but not yet served by this replica."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    result: Literal["pending"]
+
+
+def mcp_openapi_schemas() -> dict[str, Any]:
+    """``McpServerSpec``, the request body, as OpenAPI component schemas."""
+    _, top = models_json_schema(
+        [(McpServerSpec, "validation")], ref_template="#/components/schemas/{model}"
+    )
+    schemas: dict[str, Any] = top.get("$defs", {})
+    return schemas
+
+
+_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/McpServerSpec"}}},
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or incorrect admin key"},
+    403: {"model": ErrorBody, "description": "no admin key is configured"},
+    404: {"model": ErrorBody, "description": "no such server, or the MCP gateway is disabled"},
+    503: {"model": ErrorBody, "description": "not serving yet, or the registry is unavailable"},
+}
+_BAD_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a bad body (each bad field named) or refused URL"},
+    409: {"model": ErrorBody, "description": "the name exists, or is declared in the config"},
+}
+_PENDING: dict[int | str, dict[str, Any]] = {
+    202: {"model": McpServerChange, "description": "submitted; this replica does not serve it yet"}
+}
+
+
+def mcp_admin_routes(app: FastAPI, holder: GatewayApp) -> None:
     def authorize(request: Request) -> McpGateway | Response:
         gateway = holder.gateway
         runtime = None if gateway is None else gateway.runtime
@@ -57,11 +139,10 @@ def mcp_admin_routes(holder: GatewayApp) -> list[Route]:
             return mcp
         return JSONResponse({"servers": mcp.view()})
 
-    async def get_server(request: Request) -> Response:
+    async def get_server(request: Request, name: str) -> Response:
         mcp = authorize(request)
         if isinstance(mcp, Response):
             return mcp
-        name = request.path_params["name"]
         for row in mcp.view():
             if row["name"] == name:
                 return JSONResponse(row)
@@ -78,20 +159,19 @@ def mcp_admin_routes(holder: GatewayApp) -> list[Route]:
             return _error(409, f"an MCP server named {spec.name!r} exists: PUT to replace it")
         return await _change(mcp, spec, created=True)
 
-    async def replace(request: Request) -> Response:
+    async def replace(request: Request, name: str) -> Response:
         mcp = authorize(request)
         if isinstance(mcp, Response):
             return mcp
-        spec = await _read_spec(request, request.path_params["name"])
+        spec = await _read_spec(request, name)
         if isinstance(spec, Response):
             return spec
         return await _change(mcp, spec, created=spec.name not in mcp.entries)
 
-    async def delete(request: Request) -> Response:
+    async def delete(request: Request, name: str) -> Response:
         mcp = authorize(request)
         if isinstance(mcp, Response):
             return mcp
-        name = request.path_params["name"]
         if name not in mcp.entries:
             return _error(404, f"no MCP server named {name!r}")
         try:
@@ -104,13 +184,73 @@ def mcp_admin_routes(holder: GatewayApp) -> list[Route]:
             return JSONResponse({"name": name, "result": "pending"}, status_code=202)
         return Response(status_code=204)
 
-    return [
-        Route(PATH, list_servers, methods=["GET"]),
-        Route(PATH, create, methods=["POST"]),
-        Route(PATH + "/{name}", get_server, methods=["GET"]),
-        Route(PATH + "/{name}", replace, methods=["PUT"]),
-        Route(PATH + "/{name}", delete, methods=["DELETE"]),
-    ]
+    def route(path: str, endpoint: Any, method: str, summary: str, **extra: Any) -> None:
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            tags=["mcp"],
+            summary=summary,
+            openapi_extra={"security": SECURITY, **extra.pop("openapi_extra", {})},
+            **extra,
+        )
+
+    one = PATH + "/{name}"
+    route(
+        PATH,
+        list_servers,
+        "GET",
+        "List the registered MCP servers",
+        responses={200: {"model": McpServerList}, **_ERRORS},
+    )
+    route(
+        PATH,
+        create,
+        "POST",
+        "Register an MCP server",
+        status_code=201,
+        responses={
+            201: {"model": McpServerChange, "description": "registered and served"},
+            **_PENDING,
+            **_BAD_BODY,
+            **_ERRORS,
+        },
+        openapi_extra={"requestBody": _BODY},
+    )
+    route(
+        one,
+        get_server,
+        "GET",
+        "Show one registered MCP server",
+        responses={200: {"model": McpServerView}, **_ERRORS},
+    )
+    route(
+        one,
+        replace,
+        "PUT",
+        "Register or replace an MCP server",
+        responses={
+            200: {"model": McpServerChange, "description": "replaced and served"},
+            201: {"model": McpServerChange, "description": "registered and served"},
+            **_PENDING,
+            **_BAD_BODY,
+            **_ERRORS,
+        },
+        openapi_extra={"requestBody": _BODY},
+    )
+    route(
+        one,
+        delete,
+        "DELETE",
+        "Remove a registered MCP server",
+        status_code=204,
+        responses={
+            204: {"description": "removed; this replica no longer serves it"},
+            202: {"model": McpServerPending, "description": "submitted, not yet served"},
+            409: _BAD_BODY[409],
+            **_ERRORS,
+        },
+    )
 
 
 async def _read_spec(request: Request, name: str | None) -> McpServerSpec | Response:

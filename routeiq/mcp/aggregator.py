@@ -9,6 +9,13 @@ JSON-RPC errors from the server are passed back with their code, message and dat
 union changes (a server comes up or goes down, a server announced ``list_changed``, the
 registry changed) subscribers of ``subscriptions/listen`` get ``notifications/tools/list_changed``.
 
+The endpoint is stateless (the SDK's stateless streamable HTTP): it hands out no
+``Mcp-Session-Id``, so a client's requests may land on any worker of a process group or any
+replica behind a load balancer; each worker serves the same union from its own sessions to the
+registered servers. A ``subscriptions/listen`` stream is one request, held by one worker, which
+announces its own union's changes. Given up: a pre-2026 (``initialize``) client gets no standing
+GET stream, so no server-pushed notifications; it sees changes by listing again.
+
 Each call is counted in ``gateway_mcp_tool_calls_total{server,tool,outcome}`` (labels bounded:
 an unknown tool is counted as server and tool ``unknown``), timed in
 ``gateway_mcp_tool_call_duration_seconds{server}`` and traced as an ``execute_tool`` span.
@@ -97,8 +104,9 @@ class McpAggregator:
             on_call_tool=self._call_tool,
             on_subscriptions_listen=ListenHandler(self._bus),
         )
-        # Stateful sessions (list_changed needs a stream); the gateway checks the key itself.
-        self._manager = StreamableHTTPSessionManager(app=server)
+        # Stateless: no request depends on the worker or replica that served an earlier one
+        # (2026-07-28 clients are per request anyway). The gateway checks the key itself.
+        self._manager = StreamableHTTPSessionManager(app=server, stateless=True)
         return self._manager
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

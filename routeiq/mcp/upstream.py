@@ -1,14 +1,14 @@
 """One registered MCP server's session: connect, list its tools, stay healthy, reconnect.
 
 ``UpstreamSession.run`` is a supervised service. It reports ready at once, so a server that is
-down never blocks startup; then it connects (after the SSRF guard checked the resolved
-address), lists the server's tools, and keeps the session: a ``subscriptions/listen`` stream
-(or, on a pre-2026 server, the ``notifications/tools/list_changed`` notification) refreshes the
-tool list, and a fresh ``tools/list`` every ``health_interval_s`` notices a server that went
-away. A failed
-connection or health check marks the server down (its tools leave the union at once) and the session
-reconnects with exponential backoff. ``stop()`` ends the service: the session is closed and
-the service exits (it is ``transient``: an exit is not restarted).
+down never blocks startup; then it connects (to the addresses the SSRF guard resolved and
+checked, never to a second resolution of the name: ``routeiq.mcp.pinning``), lists the
+server's tools, and keeps the session: a ``subscriptions/listen`` stream (or, on a pre-2026
+server, the ``notifications/tools/list_changed`` notification) refreshes the tool list, and a
+fresh ``tools/list`` every ``health_interval_s`` notices a server that went away. A failed
+connection or health check marks the server down (its tools leave the union at once) and the
+session reconnects with exponential backoff. ``stop()`` ends the service: the session is closed
+and the service exits (it is ``transient``: an exit is not restarted).
 
 Guaranteed: ``tools`` is empty whenever ``up`` is false; every up/down change calls
 ``on_change`` and appends a ``service`` event (``mcp:<name>``, trigger ``up``/``down``).
@@ -134,11 +134,14 @@ class UpstreamSession:
         from mcp import Client
         from mcp.client.streamable_http import streamable_http_client
 
+        from routeiq.mcp.pinning import PinnedTransport
+
         settings = self._settings
-        await self._guard.check_resolved(self.spec.url)
+        addresses = await self._guard.check_resolved(self.spec.url)
         headers = resolve_headers(self.spec.headers, self._env)
         timeout = httpx2.Timeout(settings.connect_timeout_s, read=None)
-        async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http:
+        pinned = PinnedTransport(self.spec.url, addresses)
+        async with httpx2.AsyncClient(headers=headers, timeout=timeout, transport=pinned) as http:
             transport = streamable_http_client(self.spec.url, http_client=http)
             client = Client(
                 transport,

@@ -21,7 +21,9 @@ from routeiq.app import GatewayApp, create_app
 from routeiq.lifecycle.gateway import Gateway
 from tests.mcp.servers import _wait_listening
 from tests.support.asgi import close_litellm_clients
-from tests.support.procs import free_port
+from tests.support.procs import free_port, start_gateway
+
+__all__ = ["ServeFactory", "mcp_client", "serve_gateway", "start_gateway", "wait_tools"]
 
 MASTER = "sk-mcp-master-0001"
 ADMIN = "sk-mcp-admin-0001"
@@ -115,16 +117,22 @@ def serve_gateway(tmp_path: Path) -> ServeFactory:
 
 
 @asynccontextmanager
-async def mcp_client(url: str, key: str = MASTER) -> AsyncIterator[Any]:
-    """The SDK's client for ``/mcp``, with the gateway key on its HTTP client."""
+async def mcp_client(
+    url: str, key: str = MASTER, *, mode: str = "auto", fresh_connections: bool = False
+) -> AsyncIterator[Any]:
+    """The SDK's client for ``/mcp``, with the gateway key on its HTTP client; ``mode="legacy"``
+    speaks the pre-2026 ``initialize`` protocol, ``fresh_connections`` opens a connection per
+    request (as a load balancer spreading requests would)."""
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
     headers = {"Authorization": f"Bearer {key}"}
+    keepalive = 0 if fresh_connections else 20
+    limits = httpx2.Limits(max_connections=100, max_keepalive_connections=keepalive)
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=30) as http,
-        Client(streamable_http_client(url, http_client=http), cache=None) as client,
+        httpx2.AsyncClient(headers=headers, timeout=30, limits=limits) as http,
+        Client(streamable_http_client(url, http_client=http), cache=None, mode=mode) as client,
     ):
         yield client
 

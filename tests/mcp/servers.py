@@ -64,25 +64,27 @@ def build_server(name: str) -> MCPServer:
 
 @dataclass
 class McpTestServer:
-    """One MCP server in its own process (``python -m tests.mcp.servers NAME PORT``)."""
+    """One MCP server in its own process (``python -m tests.mcp.servers NAME PORT HOST``),
+    listening on ``host`` (a loopback address)."""
 
     name: str
+    host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return f"http://{self.host}:{self.port}/mcp"
 
     async def start(self) -> None:
         self._proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; we then poll the port
-            [sys.executable, "-m", "tests.mcp.servers", self.name, str(self.port)],
+            [sys.executable, "-m", "tests.mcp.servers", self.name, str(self.port), self.host],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        await _wait_listening(self.port, self._proc)
+        await _wait_listening(self.port, self._proc, self.host)
 
     async def stop(self) -> None:
         """Kill the server (SIGKILL): its connections drop, its port refuses."""
@@ -92,13 +94,15 @@ class McpTestServer:
             await anyio.to_thread.run_sync(proc.wait)
 
 
-async def _wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+async def _wait_listening(
+    port: int, proc: subprocess.Popen[bytes] | None = None, host: str = "127.0.0.1"
+) -> None:
     with anyio.fail_after(60):
         while True:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"the MCP test server exited with {proc.returncode}")
             try:
-                stream = await anyio.connect_tcp("127.0.0.1", port)
+                stream = await anyio.connect_tcp(host, port)
             except OSError:
                 await anyio.sleep(0.02)
                 continue
@@ -129,9 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    name, port = (argv or sys.argv[1:])[:2]
+    name, port, host = (argv or sys.argv[1:])[:3]
     config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
+    config.bind = [f"{host}:{port}"]
     config.accesslog = None
     app = build_server(name).streamable_http_app()
     asyncio.run(serve(app, config))  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from routeiq.mcp.admin import McpServerChange, McpServerList, McpServerView
 from tests.mcp.conftest import ServeFactory, mcp_client, wait_tools
 from tests.mcp.servers import mcp_servers, tool_text
 from tests.support.etcd import EtcdServer, find_etcd
@@ -50,6 +51,7 @@ async def test_sqlite_registry_admin_api_and_restart(serve_gateway: ServeFactory
             created = await admin.post("/_admin/mcp/servers", json=body)
             assert created.status_code == 201, created.text
             assert SECRET not in created.text
+            McpServerChange.model_validate(created.json())  # what /openapi.json says
             assert created.json()["headers"] == {
                 "Authorization": "<redacted>",
                 "X-Token": "<redacted>",
@@ -87,6 +89,8 @@ async def test_sqlite_registry_admin_api_and_restart(serve_gateway: ServeFactory
             listed = await admin.get("/_admin/mcp/servers")
             assert listed.status_code == 200
             assert SECRET not in listed.text
+            McpServerList.model_validate(listed.json())
+            McpServerView.model_validate((await admin.get("/_admin/mcp/servers/alpha")).json())
             rows = {row["name"]: row for row in listed.json()["servers"]}
             assert rows["alpha"]["source"] == "registry" and rows["beta"]["source"] == "config"
             assert rows["alpha"]["status"] == "up"

@@ -391,11 +391,34 @@ async def test_openapi_describes_every_route_with_security_and_bodies() -> None:
         "/v1/embeddings",
         "/v1/models",
         "/v1/models/{model}",
+        "/_admin/mcp/servers",
+        "/_admin/mcp/servers/{name}",
     }
     schemes = schema["components"]["securitySchemes"]
     assert schemes["MasterKey"]["scheme"] == schemes["AdminKey"]["scheme"] == "bearer"
     assert schema["paths"]["/_admin/reload"]["post"]["security"] == [{"AdminKey": []}]
     components = schema["components"]["schemas"]
+    mcp = [schema["paths"]["/_admin/mcp/servers"], schema["paths"]["/_admin/mcp/servers/{name}"]]
+    assert [sorted(ops) for ops in mcp] == [["get", "post"], ["delete", "get", "put"]]
+    for operation in [op for ops in mcp for op in ops.values()]:
+        assert operation["security"] == [{"AdminKey": []}]
+        assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"
+        }
+    for operation, model in [
+        (mcp[0]["get"], "McpServerList"),
+        (mcp[0]["post"], "McpServerChange"),
+        (mcp[1]["get"], "McpServerView"),
+        (mcp[1]["put"], "McpServerChange"),
+    ]:
+        ok = min(code for code in operation["responses"] if code.startswith("2"))
+        ref = operation["responses"][ok]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{model}"
+    for operation in (mcp[0]["post"], mcp[1]["put"]):
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/McpServerSpec"
+    assert {"name", "url"} <= set(components["McpServerSpec"]["required"])
+    assert "status" in components["McpServerView"]["properties"]
     for path, model in [
         ("/v1/chat/completions", "ChatCompletionRequest"),
         ("/v1/completions", "CompletionRequest"),

@@ -108,6 +108,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                     # Well under the client's 30 s: a request whose body never arrives whole
                     # shows as a 408 naming itself, not as a client timeout.
                     "limits": {"body_timeout_s": 5},
+                    "mcp": {"store_path": str(tmp / "mcp.sqlite")},
                 },
             }
         )
@@ -146,7 +147,7 @@ def test_schemathesis_finds_no_5xx_on_any_route(live: Live) -> None:
     histogram: Counter[int] = Counter()
     rss_before = live.rss_mb()
     operations = [cast(Any, result).ok() for result in schema.get_all_operations()]
-    assert len(operations) == 11
+    assert len(operations) == 16
     for operation in operations:
         fuzz_operation(live, operation, histogram)
     report("schemathesis", histogram)

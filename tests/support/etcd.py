@@ -54,8 +54,11 @@ def _openssl(*args: str | Path) -> None:
     subprocess.run([binary, *map(str, args)], check=True, capture_output=True, timeout=60)
 
 
-def make_tls(directory: Path, *, client_name: str = "routeiq-client") -> EtcdTLS:
-    """A throwaway CA and the certificates it signs (EC P-256, valid for a day)."""
+def make_tls(
+    directory: Path, *, client_name: str = "routeiq-client", server_name: str = "IP:127.0.0.1"
+) -> EtcdTLS:
+    """A throwaway CA and the certificates it signs (EC P-256, valid for a day); the server's
+    is for ``server_name`` (a subjectAltName: ``IP:...`` or ``DNS:...``)."""
     directory.mkdir(parents=True, exist_ok=True)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     ca_cert, ca_key = directory / "ca.crt", directory / "ca.key"
@@ -63,7 +66,11 @@ def make_tls(directory: Path, *, client_name: str = "routeiq-client") -> EtcdTLS
              "-subj", "/CN=routeiq-test-ca")  # fmt: skip
     made: dict[str, tuple[Path, Path]] = {}
     for name, cn, ext in (
-        ("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+        (
+            "server",
+            server_name.partition(":")[2],
+            f"subjectAltName={server_name}\nextendedKeyUsage=serverAuth",
+        ),
         ("client", client_name, "extendedKeyUsage=clientAuth"),
     ):
         key, csr, cert = (directory / f"{name}.{x}" for x in ("key", "csr", "crt"))
