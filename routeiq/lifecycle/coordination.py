@@ -56,12 +56,13 @@ async def start_coordination(
             endpoint=etcd_endpoint(settings),
             fenced_put=fenced_put,
             poll_s=CONFIG_POLL_S,
+            clock=gateway.clock,
         )
         gateway.extensions["config_sync"] = sync
         services.append(("config-sync", Service("config-sync", sync.follow)))
         work.append(sync.publish_as_leader)
     elif path is not None:
-        watcher = FileWatcher(reloader, path, poll_s=CONFIG_POLL_S)
+        watcher = FileWatcher(reloader, path, poll_s=CONFIG_POLL_S, clock=gateway.clock)
         gateway.extensions["config_sync"] = watcher
         services.append(("config-sync", Service("config-sync", watcher.run)))
 
@@ -69,7 +70,7 @@ async def start_coordination(
         config,
         candidate_id=gateway.worker_id,
         events=gateway.events,
-        monotonic=gateway.monotonic,
+        clock=gateway.clock,
         work=work,
     )
     gateway.extensions["leadership"] = leadership

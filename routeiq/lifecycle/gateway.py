@@ -68,14 +68,14 @@ class Gateway:
     ) -> None:
         self._env = dict(os.environ if env is None else env)
         self._config_path = config_path
-        self._clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
         self.worker_id = (
             worker_id
             or self._env.get("ROUTEIQ_WORKER_ID")
             or (f"{socket.gethostname()}-{os.getpid()}")
         )
         self.chart = Statechart.load("gateway")
-        self.events = EventLog(self._clock, worker_id=self.worker_id)
+        self.events = EventLog(self.clock, worker_id=self.worker_id)
         self._lifecycle = LifecycleProjection(self.chart)
         self.timeline = StartupTimeline()
         self.events.subscribe(self._lifecycle)
@@ -109,9 +109,6 @@ class Gateway:
     @property
     def router(self) -> Any:
         return None if self.runtime is None else self.runtime.router
-
-    def monotonic(self) -> float:
-        return self._clock.monotonic()
 
     @property
     def state(self) -> str:
@@ -393,7 +390,7 @@ class Gateway:
             if self.state not in self.chart.terminal:
                 self._fire("fail", error=reason, phase="supervisor", service=service)
 
-        return Supervisor(self.events, clock=self._clock, on_give_up=give_up)
+        return Supervisor(self.events, clock=self.clock, on_give_up=give_up)
 
     def _config(self) -> GatewayConfig:
         if self.config is None:
@@ -421,7 +418,7 @@ class Gateway:
 
     @contextmanager
     def _component(self, name: str) -> Iterator[None]:
-        start = self._clock.monotonic()
+        start = self.clock.monotonic()
         try:
             yield
         except BaseException as exc:
@@ -431,7 +428,7 @@ class Gateway:
             self.events.append(
                 EventKind.COMPONENT,
                 component=name,
-                duration_s=self._clock.monotonic() - start,
+                duration_s=self.clock.monotonic() - start,
                 ok=False,
                 error=error,
                 attributes={"phase": self._phase},
@@ -440,13 +437,13 @@ class Gateway:
         self.events.append(
             EventKind.COMPONENT,
             component=name,
-            duration_s=self._clock.monotonic() - start,
+            duration_s=self.clock.monotonic() - start,
             attributes={"phase": self._phase},
         )
 
     def _on_undo(self, undo: AsyncExitStack, name: str, fn: Callable[[], object]) -> None:
         async def run_undo() -> None:
-            start = self._clock.monotonic()
+            start = self.clock.monotonic()
             try:
                 result = fn()
                 if inspect.isawaitable(result):
@@ -464,7 +461,7 @@ class Gateway:
         self.events.append(
             EventKind.TEARDOWN,
             component=name,
-            duration_s=None if start is None else self._clock.monotonic() - start,
+            duration_s=None if start is None else self.clock.monotonic() - start,
             ok=ok,
             error=error,
         )

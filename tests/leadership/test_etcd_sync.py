@@ -24,6 +24,7 @@ import yaml
 from routeiq.config.loader import parse_config_text
 from routeiq.leadership import EtcdElection, LeaderTerm, LeaderTimings
 from routeiq.leadership.etcd_sync import EtcdConfigSync
+from routeiq.lifecycle.clock import SystemClock
 from routeiq.lifecycle.reload import ReloadResult, digest_of
 from tests.support.etcd import EtcdServer
 
@@ -114,6 +115,7 @@ async def node(etcd: EtcdServer, path: Path, name: str) -> AsyncIterator[Node]:
             endpoint=etcd.client_endpoint(),
             fenced_put=fenced_put,
             poll_s=0.05,
+            clock=SystemClock(),
         )
         async with anyio.create_task_group() as tg:
             await tg.start(sync.follow)
