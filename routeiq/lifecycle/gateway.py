@@ -273,7 +273,7 @@ class Gateway:
             self.metrics = metrics
             from routeiq.observability.gc_pauses import GcPauseRecorder
 
-            remove_gc_recorder = GcPauseRecorder(metrics["gateway_gc_pause_seconds"]).install()
+            remove_gc_recorder = GcPauseRecorder(metrics.gateway_gc_pause_seconds).install()
 
         def close_metrics() -> None:
             unsubscribe()

@@ -80,7 +80,7 @@ async def call_upstream(
         if deployment:
             current_request_span().set_routing(strategy=strategy, arm=arm, deployment=deployment)
     if gateway.metrics is not None and response.status_code < 400:
-        gateway.metrics["gateway_routing_decisions_total"].labels(strategy=strategy, arm=arm).inc()
+        gateway.metrics.gateway_routing_decisions_total.labels(strategy=strategy, arm=arm).inc()
     return response
 
 
@@ -270,7 +270,7 @@ def count_tokens(gateway: Gateway, usage: Any, span: RequestSpan | None = None) 
         span.set_usage({"prompt_tokens": prompt, "completion_tokens": completion})
     if gateway.metrics is None:
         return
-    tokens = gateway.metrics["gateway_tokens_total"]
+    tokens = gateway.metrics.gateway_tokens_total
     if prompt:
         tokens.labels(type="input").inc(prompt)
     if completion:
