@@ -14,11 +14,11 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
+from routeiq.config.reload import Reloader, ReloadResult, digest_of
 from routeiq.config.source import read_config_bytes, read_config_text
 from routeiq.errors import ConfigError
 from routeiq.leadership.etcd_sync import EtcdConfigSync, Published
 from routeiq.lifecycle.clock import Clock
-from routeiq.lifecycle.reload import Reloader, ReloadResult, digest_of
 
 __all__ = ["EtcdConfigSync", "FileWatcher", "Published"]
 

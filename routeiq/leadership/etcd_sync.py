@@ -41,6 +41,7 @@ from anyio.abc import TaskStatus
 
 from routeiq.config.model import GatewayConfig
 from routeiq.config.problems import scrub_fragments
+from routeiq.config.reload import Reloader, ReloadResult, digest_of
 from routeiq.config.source import decode_config, file_status, read_config_bytes
 from routeiq.errors import ConfigError, GatewayError, describe
 from routeiq.leadership.election import ElectionUnavailable, LeaderTerm
@@ -51,7 +52,6 @@ from routeiq.leadership.etcd_client import (
 )
 from routeiq.leadership.publishable import check_publishable, literal_secrets
 from routeiq.lifecycle.clock import Clock
-from routeiq.lifecycle.reload import Reloader, ReloadResult, digest_of
 
 __all__ = ["MAX_PUBLISHED_BYTES", "EtcdConfigSync", "Published", "ReloadAnswer"]
 

@@ -31,8 +31,8 @@ from routeiq.proxy.streaming import DisconnectAwareStream, count_stream_usage, l
 from routeiq.routing.decisions import recording_decisions
 
 if TYPE_CHECKING:
-    from routeiq.lifecycle.gateway import Gateway
-    from routeiq.lifecycle.runtime import Runtime
+    from routeiq.assembly.gateway import Gateway
+    from routeiq.routing.runtime import Runtime
 
 __all__ = ["call_upstream", "configured_retries", "count_tokens", "fallback_groups"]
 
@@ -126,8 +126,7 @@ class _Call:
     ) -> None:
         self.gateway, self.runtime, self.method = gateway, runtime, method
         self.upstream_path, self.deadline = upstream_path, deadline
-        passthrough = gateway.extensions.get("passthrough")
-        self.passthrough = passthrough if runtime.fast_path else None
+        self.passthrough = gateway.components.passthrough if runtime.fast_path else None
 
     def remaining_s(self) -> float:
         return max(self.deadline - time.monotonic(), 0.001)

@@ -45,9 +45,9 @@ from routeiq.proxy.streaming import aclose_quietly
 
 if TYPE_CHECKING:
     from routeiq.app import GatewayApp
-    from routeiq.lifecycle.gateway import Gateway
-    from routeiq.lifecycle.runtime import Runtime
+    from routeiq.assembly.gateway import Gateway
     from routeiq.observability.metrics import GatewayMetrics
+    from routeiq.routing.runtime import Runtime
 
 __all__ = ["CHAT_FIELDS", "COMPLETION_FIELDS", "EMBEDDING_FIELDS", "openai_routes"]
 
