@@ -23,7 +23,9 @@ from anyio.abc import TaskStatus
 from routeiq.config.model import GatewayConfig, LeadershipSettings
 from routeiq.leadership.election import Election, LeaderTimings
 from routeiq.leadership.elector import LeaderElector, LeaderWork
+from routeiq.leadership.etcd import EtcdElection
 from routeiq.leadership.etcd_client import EtcdEndpoint
+from routeiq.leadership.local import LocalElection
 from routeiq.lifecycle.clock import Clock
 from routeiq.lifecycle.events import EventKind, EventLog
 
@@ -89,8 +91,6 @@ class LeadershipService:
     @asynccontextmanager
     async def _open_election(self) -> AsyncIterator[Election]:
         if self._settings.backend == "etcd":
-            from routeiq.leadership.etcd import EtcdElection
-
             async with EtcdElection(
                 self._candidate_id,
                 endpoint=etcd_endpoint(self._settings),
@@ -100,8 +100,6 @@ class LeadershipService:
             ) as etcd:
                 yield etcd
         else:
-            from routeiq.leadership.local import LocalElection
-
             async with LocalElection(
                 self._lock_path,
                 self._candidate_id,
