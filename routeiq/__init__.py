@@ -5,6 +5,7 @@ or ``routeiq serve``.
 """
 
 from routeiq.app import GatewayApp, create_app
+from routeiq.assembly.gateway import Gateway
 from routeiq.config import GatewayConfig, load_config
 from routeiq.errors import (
     ConfigError,
@@ -15,7 +16,6 @@ from routeiq.errors import (
     UpstreamError,
 )
 from routeiq.lifecycle.events import Event, EventLog
-from routeiq.lifecycle.gateway import Gateway
 
 __all__ = [
     "ConfigError",

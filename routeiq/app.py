@@ -21,10 +21,11 @@ from typing import Any
 
 import anyio
 
+from routeiq.assembly.gateway import Gateway
 from routeiq.errors import ConfigError, StartupError
 from routeiq.http.routes import build_http_app
 from routeiq.lifecycle.clock import Clock
-from routeiq.lifecycle.gateway import Gateway, StartupAborted
+from routeiq.lifecycle.phases import StartupAborted
 from routeiq.proxy.limits import RequestGuard
 
 __all__ = ["EXIT_CONFIG", "EXIT_STARTUP", "GatewayApp", "app", "create_app"]

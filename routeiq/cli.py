@@ -16,7 +16,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from routeiq import __version__
+from routeiq.assembly.checks import startup_problems
+from routeiq.config.loader import load_config
+from routeiq.config.reference import render_key_table, render_reference
+from routeiq.config.source import read_config_text
 from routeiq.errors import ConfigError, InvalidTransition
+from routeiq.leadership.publishable import LITERAL_SECRET_HINT, literal_secrets
+from routeiq.lifecycle.events import read_jsonl
+from routeiq.lifecycle.projections import replay, split_runs
+from routeiq.lifecycle.statechart import Statechart
+from routeiq.master import parse_workers
+from routeiq.observability.tracing import otlp_problems
+from routeiq.serve import serve
 
 __all__ = ["main"]
 
@@ -91,9 +103,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from routeiq.master import parse_workers
-    from routeiq.serve import serve
-
     try:
         workers = parse_workers(args.workers)
     except ConfigError as exc:
@@ -109,9 +118,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from routeiq.config.checks import startup_problems
-    from routeiq.config.loader import load_config
-
     try:
         config = load_config(os.environ, args.file)
         problems = startup_problems(config) + _deployment_problems(config, args.file)
@@ -135,10 +141,6 @@ def _deployment_problems(config: Any, path: Path) -> list[tuple[str, str]]:
     """What ``serve`` would refuse beyond the config itself: with the etcd backend, the literal
     secrets the leader refuses to publish (paths, never values); an OTLP endpoint set in the
     environment without the OTLP extra installed."""
-    from routeiq.config.source import read_config_text
-    from routeiq.leadership.publishable import LITERAL_SECRET_HINT, literal_secrets
-    from routeiq.observability.tracing import otlp_problems
-
     problems = list(otlp_problems(os.environ))
     if config.routeiq.leadership.backend == "etcd":
         # The text the leader publishes: the file as written, before env references resolve.
@@ -148,28 +150,20 @@ def _deployment_problems(config: Any, path: Path) -> list[tuple[str, str]]:
 
 
 def _config_reference(args: argparse.Namespace) -> int:
-    from routeiq.config.reference import render_reference
-
     sys.stdout.write(render_reference())
     return 0
 
 
 def _litellm_keys(args: argparse.Namespace) -> int:
-    from routeiq.config.reference import render_key_table
-
     sys.stdout.write(render_key_table())
     return 0
 
 
 def _version() -> str:
-    from routeiq import __version__
-
     return __version__
 
 
 def _statechart(args: argparse.Namespace) -> int:
-    from routeiq.lifecycle.statechart import Statechart
-
     try:
         chart = Statechart.load(args.name)
     except FileNotFoundError:
@@ -180,10 +174,6 @@ def _statechart(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from routeiq.lifecycle.events import read_jsonl
-    from routeiq.lifecycle.projections import replay, split_runs
-    from routeiq.lifecycle.statechart import Statechart
-
     chart = Statechart.load("gateway")
     try:
         runs = split_runs(read_jsonl(args.file))

@@ -25,6 +25,7 @@ import anyio
 from routeiq.app import EXIT_CONFIG, EXIT_STARTUP, GatewayApp
 from routeiq.config.loader import load_config
 from routeiq.errors import ConfigError, StartupError
+from routeiq.master import Arbiter
 from routeiq.proxy.limits import listen_backlog
 
 __all__ = ["serve"]
@@ -39,8 +40,6 @@ def serve(
     master: bool = False,
 ) -> int:
     if workers > 1 or master:
-        from routeiq.master import Arbiter
-
         host, _, port = bind.rpartition(":")
         return Arbiter(
             workers=workers, host=host.strip("[]"), port=int(port), env=env, config_path=config_path

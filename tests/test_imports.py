@@ -124,7 +124,7 @@ def probe(module: str) -> list[str]:
 @pytest.mark.timeout(600)
 def test_importing_any_module_has_no_side_effects() -> None:
     modules = routeiq_modules()
-    assert "routeiq.app" in modules and "routeiq.lifecycle.gateway" in modules
+    assert "routeiq.app" in modules and "routeiq.assembly.gateway" in modules
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = dict(zip(modules, pool.map(probe, modules), strict=True))
     offenders = {module: findings for module, findings in results.items() if findings}

@@ -1,12 +1,8 @@
-"""Checks beyond the schema, so that a config ``routeiq check`` accepts is one ``serve`` starts.
+"""Checks beyond the schema, run inside every load (startup, ``check``, reload).
 
-``reference_problems`` runs inside every load (startup, ``check``, reload): fallbacks name
-defined models, ``api_base`` is an http(s) URL with an ASCII host. ``startup_problems`` is what
-``serve`` would find later, run by ``check`` up front: hooks and services import and are
-callable, the routing strategy (and each A/B arm's) exists and accepts its options, and
-litellm's Router accepts the deployments and router settings (this imports litellm). Importing
-hooks runs operator code, so it is never part of a hot reload (hooks cannot change then anyway).
-Messages never echo a secret: at most a model name.
+``reference_problems``: fallbacks name defined models, ``api_base`` is an http(s) URL with an
+ASCII host. What only building the gateway's parts can find (hooks, strategies, litellm's Router)
+is ``routeiq.assembly.checks``. Messages never echo a secret: at most a model name.
 """
 
 from __future__ import annotations
@@ -16,10 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from routeiq.config.model import GatewayConfig
-from routeiq.errors import ConfigError, describe
-
-__all__ = ["FALLBACK_SETTINGS", "reference_problems", "startup_problems"]
+__all__ = ["FALLBACK_SETTINGS", "reference_problems"]
 
 # router_settings keys whose values name model groups: {model: [fallback, ...]} lists, or a list.
 FALLBACK_SETTINGS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
@@ -88,52 +81,6 @@ def reference_problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
             for j, target in enumerate(default):
                 check_name(target, f"router_settings.default_fallbacks[{j}]")
     return problems
-
-
-def startup_problems(config: GatewayConfig) -> list[tuple[str, str]]:
-    """What the ``configure`` and ``serve`` phases would reject: imports and strategies."""
-    from routeiq.lifecycle.hooks import resolve_callable
-    from routeiq.routing.litellm_setup import validate_routing
-    from routeiq.routing.registry import default_registry
-
-    problems: list[tuple[str, str]] = []
-    targets = [(f"routeiq.hooks[{i}].call", h.call) for i, h in enumerate(config.routeiq.hooks)]
-    targets += [
-        (f"routeiq.services[{i}].call", s.call) for i, s in enumerate(config.routeiq.services)
-    ]
-    for field, target in targets:
-        try:
-            resolve_callable(target, field=field)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-        except Exception as exc:  # operator code failed while importing
-            module = target.partition(":")[0]
-            problems.append((field, f"importing {module!r} failed: {describe(exc)}"))
-    try:
-        validate_routing(default_registry(), config)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    if not problems:
-        problems += _router_problems(config)
-    return problems
-
-
-def _router_problems(config: GatewayConfig) -> list[tuple[str, str]]:
-    """Build (and retire) the Router ``serve`` would build: litellm's own checks."""
-    from routeiq.config.problems import scrub_fragments
-    from routeiq.routing.litellm_setup import build_router, import_litellm, retire_router
-    from routeiq.routing.registry import default_registry
-
-    try:
-        built = build_router(import_litellm(), config, default_registry())
-    except ConfigError as exc:
-        return [(path, scrub_fragments(m, config.secrets)) for path, m in exc.problems]
-    except Exception as exc:  # litellm refused the config in a way of its own
-        return [
-            ("model_list", scrub_fragments(f"rejected by litellm: {describe(exc)}", config.secrets))
-        ]
-    retire_router(built.router)
-    return []
 
 
 def _url_problem(value: Any) -> str | None:

@@ -22,16 +22,16 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from routeiq.config.reload import digest_of
 from routeiq.errors import ConfigError, describe
 from routeiq.http.auth import bearer_token, key_matches
 from routeiq.leadership.config_sync import EtcdConfigSync, FileWatcher
 from routeiq.leadership.election import ElectionUnavailable
 from routeiq.leadership.etcd_sync import read_source
-from routeiq.lifecycle.reload import digest_of
 
 if TYPE_CHECKING:
     from routeiq.app import GatewayApp
-    from routeiq.lifecycle.gateway import Gateway
+    from routeiq.assembly.gateway import Gateway
 
 __all__ = ["RELOAD_ANSWER_S", "admin_routes", "reload_now"]
 
@@ -73,7 +73,7 @@ async def reload_now(gateway: Gateway | None, headers: Any) -> tuple[int, dict[s
         return _error(403, "admin routes are disabled: set routeiq.admin_key (ROUTEIQ_ADMIN_KEY)")
     if not key_matches(bearer_token(headers), key):
         return _error(401, "missing or incorrect admin key")
-    sync = gateway.extensions.get("config_sync")
+    sync = gateway.components.config_sync
     if isinstance(sync, FileWatcher):
         result = await sync.check(force=True)
         if result is None:
@@ -89,7 +89,7 @@ async def reload_now(gateway: Gateway | None, headers: Any) -> tuple[int, dict[s
 async def _reload_through_leader(
     gateway: Gateway, sync: EtcdConfigSync
 ) -> tuple[int, dict[str, Any]]:
-    leadership = gateway.extensions.get("leadership")
+    leadership = gateway.components.leadership
     leader = None if leadership is None else leadership.view().get("leader_id")
     if leader is None:
         return _error(503, "no leader is elected right now (is etcd reachable?); retry shortly")

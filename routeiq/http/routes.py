@@ -39,7 +39,7 @@ from routeiq.proxy.schemas import openapi_schemas
 
 if TYPE_CHECKING:
     from routeiq.app import GatewayApp
-    from routeiq.lifecycle.gateway import Gateway
+    from routeiq.assembly.gateway import Gateway
 
 __all__ = ["SECURITY_SCHEMES", "build_http_app"]
 
@@ -209,7 +209,7 @@ def build_http_app(holder: GatewayApp) -> FastAPI:
 
 
 def leadership_view(gateway: Gateway) -> dict[str, Any]:
-    elector = gateway.extensions.get("leadership")
+    elector = gateway.components.leadership
     if elector is None:
         backend = gateway.config.routeiq.leadership.backend if gateway.config else None
         return {
@@ -223,8 +223,8 @@ def leadership_view(gateway: Gateway) -> dict[str, Any]:
 
 
 def gateway_leadership_healthy(gateway: Gateway) -> bool:
-    elector = gateway.extensions.get("leadership")
-    return True if elector is None else bool(elector.healthy())
+    elector = gateway.components.leadership
+    return True if elector is None else elector.healthy()
 
 
 def _access(request: Request, gateway: Gateway) -> Access:

@@ -9,20 +9,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
 
+from routeiq.config.reload import Reloader, ReloadResult, digest_of
 from routeiq.config.source import read_config_bytes, read_config_text
 from routeiq.errors import ConfigError
 from routeiq.leadership.etcd_sync import EtcdConfigSync, Published
-from routeiq.lifecycle.reload import Reloader, ReloadResult, digest_of
+from routeiq.lifecycle.clock import Clock
 
 __all__ = ["EtcdConfigSync", "FileWatcher", "Published"]
-
-Sleep = Callable[[float], Awaitable[object]]
 
 
 def _read(path: Path) -> str | None:
@@ -48,13 +46,11 @@ class FileWatcher:
     # A file modified this recently may change again within the same timestamp tick.
     RACY_S = 1.0
 
-    def __init__(
-        self, reloader: Reloader, path: Path, *, poll_s: float, sleep: Sleep = anyio.sleep
-    ) -> None:
+    def __init__(self, reloader: Reloader, path: Path, *, poll_s: float, clock: Clock) -> None:
         self._reloader = reloader
         self._path = path
         self._poll_s = poll_s
-        self._sleep = sleep
+        self._clock = clock
         self._seen: str | None = None
         self._status: str | None = None
 
@@ -63,7 +59,7 @@ class FileWatcher:
         self._seen = self._reloader.running_digest()
         task_status.started()
         while True:
-            await self._sleep(self._poll_s)
+            await self._clock.sleep(self._poll_s)
             await self.check(force=False)
 
     async def check(self, *, force: bool) -> ReloadResult | None:

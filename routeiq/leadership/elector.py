@@ -8,14 +8,13 @@ for anyone else (``lease_duration > renew_deadline``). Backend errors never esca
 reported to ``record``. Not guaranteed: that work ignoring cancellation stops in time — writes
 that matter must be fenced with the term's token.
 
-The elector uses only anyio; time comes from the injected ``monotonic``/``sleep`` so the timing
-logic runs under a manual clock (per-call timeouts still use the event loop's clock).
+The elector uses only anyio; time comes from the injected ``Clock`` so the timing logic runs
+under a manual clock (per-call timeouts still use the event loop's clock).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from anyio.abc import TaskStatus
 
 from routeiq.errors import LeadershipLost, describe
 from routeiq.leadership.election import Election, ElectionUnavailable, LeaderTerm
+from routeiq.lifecycle.clock import Clock, SystemClock
 from routeiq.lifecycle.statechart import Statechart, StateMachine
 
 __all__ = ["ElectorStatistics", "LeaderElector", "LeaderWork", "Recorder"]
@@ -76,15 +76,13 @@ class LeaderElector:
         work: Iterable[LeaderWork] = (),
         *,
         record: Recorder = _discard,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
+        clock: Clock | None = None,
         chart: Statechart | None = None,
     ) -> None:
         self._election = election
         self._work = list(work)
         self._record = record
-        self._monotonic = monotonic
-        self._sleep = sleep
+        self._clock: Clock = clock or SystemClock()
         self._machine = StateMachine(chart or Statechart.load("leadership"))
         self._term: LeaderTerm | None = None
         self._last_renew: float | None = None
@@ -128,7 +126,7 @@ class LeaderElector:
         """False when we believe we lead but have not renewed within the renew deadline."""
         if self._term is None or self._last_renew is None:
             return True
-        now = self._monotonic() if now is None else now
+        now = self._clock.monotonic() if now is None else now
         return now - self._last_renew <= self._election.timings.renew_deadline
 
     async def wait_leader(self) -> LeaderTerm:
@@ -193,7 +191,7 @@ class LeaderElector:
             await self._lead(term)
             # Whatever ended the term may end the next one at once (say, work that fails at
             # start): wait a period so that cannot become a hot loop of elections.
-            await self._sleep(self._election.timings.retry_period)
+            await self._clock.sleep(self._election.timings.retry_period)
 
     async def _wait_vacancy(self) -> bool:
         period = self._election.timings.retry_period
@@ -201,7 +199,7 @@ class LeaderElector:
             return await self._election.wait_vacancy(period)
         except ElectionUnavailable as exc:  # a backend should not raise it here; be safe anyway
             log.warning("leadership backend failed while following: %s", exc)
-            await self._sleep(period)
+            await self._clock.sleep(period)
             return False
 
     async def _campaign(self) -> tuple[LeaderTerm | None, str]:
@@ -247,7 +245,9 @@ class LeaderElector:
         timings = self._election.timings
         renewed = term.acquired_at
         while True:
-            await self._sleep(max(0.0, renewed + timings.renew_interval - self._monotonic()))
+            await self._clock.sleep(
+                max(0.0, renewed + timings.renew_interval - self._clock.monotonic())
+            )
             renewed, failure = await self._renew(term, renewed)
             if failure is not None:
                 return failure
@@ -257,7 +257,7 @@ class LeaderElector:
         timings = self._election.timings
         deadline = renewed + timings.renew_deadline
         error = "no attempt"
-        while (left := deadline - (sent := self._monotonic())) > _TICK:
+        while (left := deadline - (sent := self._clock.monotonic())) > _TICK:
             try:
                 with anyio.fail_after(left):
                     await self._election.renew(term)
@@ -269,7 +269,9 @@ class LeaderElector:
                 # The lease counts from when the backend got the request, which is after ``sent``.
                 self._last_renew = sent
                 return sent, None
-            await self._sleep(max(0.0, min(timings.retry_period, deadline - self._monotonic())))
+            await self._clock.sleep(
+                max(0.0, min(timings.retry_period, deadline - self._clock.monotonic()))
+            )
         return renewed, f"not renewed within renew_deadline ({timings.renew_deadline}s): {error}"
 
     # --- state ----------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -32,6 +31,7 @@ from routeiq.leadership.etcd_client import (
     is_auth_error,
     stray_cancellation_is_unavailable,
 )
+from routeiq.lifecycle.clock import Clock, SystemClock
 
 __all__ = ["EtcdElection"]
 
@@ -82,7 +82,7 @@ class EtcdElection:
         timings: LeaderTimings | None = None,
         request_timeout: float | None = None,
         client_factory: Callable[[], Any] | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         timings = timings or LeaderTimings()
         problems: list[tuple[str, str]] = []
@@ -118,7 +118,7 @@ class EtcdElection:
             endpoint, timeout_s=self._timeout, reconnect_max_s=timings.retry_period / 2
         )
         self._client_factory = client_factory or endpoint.client
-        self._monotonic = monotonic
+        self._clock: Clock = clock or SystemClock()
         self._client: Any = None
         self._term: LeaderTerm | None = None
         self._lease_id: int | None = None
@@ -167,7 +167,7 @@ class EtcdElection:
             return self._term
         client = self._connected()
         await self._revoke_stale()
-        sent = self._monotonic()
+        sent = self._clock.monotonic()
         lease_id: int | None = None
         won = False
         responses: list[Any] = []

@@ -41,6 +41,7 @@ from anyio.abc import TaskStatus
 
 from routeiq.config.model import GatewayConfig
 from routeiq.config.problems import scrub_fragments
+from routeiq.config.reload import Reloader, ReloadResult, digest_of
 from routeiq.config.source import decode_config, file_status, read_config_bytes
 from routeiq.errors import ConfigError, GatewayError, describe
 from routeiq.leadership.election import ElectionUnavailable, LeaderTerm
@@ -50,11 +51,10 @@ from routeiq.leadership.etcd_client import (
     stray_cancellation_is_unavailable,
 )
 from routeiq.leadership.publishable import check_publishable, literal_secrets
-from routeiq.lifecycle.reload import Reloader, ReloadResult, digest_of
+from routeiq.lifecycle.clock import Clock
 
 __all__ = ["MAX_PUBLISHED_BYTES", "EtcdConfigSync", "Published", "ReloadAnswer"]
 
-Sleep = Callable[[float], Awaitable[object]]
 
 # etcd refuses requests over 1.5 MiB by default; a config is far smaller than that.
 MAX_PUBLISHED_BYTES = 1024 * 1024
@@ -164,7 +164,7 @@ class EtcdConfigSync:
         endpoint: EtcdEndpoint,
         fenced_put: Callable[[str, str, LeaderTerm], Awaitable[None]],
         poll_s: float,
-        sleep: Sleep = anyio.sleep,
+        clock: Clock,
     ) -> None:
         self._reloader = reloader
         self._path = path
@@ -173,7 +173,7 @@ class EtcdConfigSync:
         self._fenced_put = fenced_put
         self._poll_s = poll_s
         self._timeout = endpoint.timeout_s
-        self._sleep = sleep
+        self._clock = clock
         self._client: Any = None
         self._rejection_seen: int | None = None  # mod revision of the rejection key, once read
         self._last_followed = 0
@@ -212,7 +212,7 @@ class EtcdConfigSync:
             task_status.started()
             while True:
                 await self._follow_once()
-                await self._sleep(self._poll_s)
+                await self._clock.sleep(self._poll_s)
         finally:
             self._client = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):

@@ -15,8 +15,6 @@ import fcntl
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -24,6 +22,7 @@ import anyio.lowlevel
 
 from routeiq.errors import ConfigError, LeadershipLost
 from routeiq.leadership.election import ElectionUnavailable, LeaderTerm, LeaderTimings
+from routeiq.lifecycle.clock import Clock, SystemClock
 
 __all__ = ["LocalElection"]
 
@@ -39,7 +38,7 @@ class LocalElection:
         candidate_id: str,
         *,
         timings: LeaderTimings | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         if not candidate_id:
             raise ConfigError([("candidate_id", "must be a non-empty string")])
@@ -47,7 +46,7 @@ class LocalElection:
         self._term_path = self._path.with_name(self._path.name + ".term")
         self._candidate_id = candidate_id
         self._timings = timings or LeaderTimings()
-        self._monotonic = monotonic
+        self._clock: Clock = clock or SystemClock()
         self._fd: int | None = None
         self._term: LeaderTerm | None = None
         self._leader_id: str | None = None
@@ -72,7 +71,7 @@ class LocalElection:
         if self._term is not None:
             return self._term
         await anyio.lowlevel.checkpoint()
-        sent = self._monotonic()
+        sent = self._clock.monotonic()
         try:
             # Non-blocking flock and a few bytes of a local file: done inline, not in a worker
             # thread (a thread would outlive the gateway by anyio's idle timeout).

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,10 @@ from anyio.abc import TaskStatus
 from routeiq.config.model import GatewayConfig, LeadershipSettings
 from routeiq.leadership.election import Election, LeaderTimings
 from routeiq.leadership.elector import LeaderElector, LeaderWork
+from routeiq.leadership.etcd import EtcdElection
 from routeiq.leadership.etcd_client import EtcdEndpoint
+from routeiq.leadership.local import LocalElection
+from routeiq.lifecycle.clock import Clock
 from routeiq.lifecycle.events import EventKind, EventLog
 
 __all__ = ["LeadershipService", "default_lock_path", "etcd_endpoint"]
@@ -51,14 +54,14 @@ class LeadershipService:
         *,
         candidate_id: str,
         events: EventLog,
-        monotonic: Callable[[], float],
+        clock: Clock,
         work: Sequence[LeaderWork] = (),
     ) -> None:
         self._settings = config.routeiq.leadership
         self._lock_path = self._settings.lock_path or default_lock_path(config)
         self._candidate_id = candidate_id
         self._events = events
-        self._monotonic = monotonic
+        self._clock = clock
         self._work = list(work)
         self._timings = LeaderTimings(
             lease_duration=self._settings.lease_ttl_s,
@@ -78,9 +81,7 @@ class LeadershipService:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with self._open_election() as election:
-            elector = LeaderElector(
-                election, self._work, record=self._record, monotonic=self._monotonic
-            )
+            elector = LeaderElector(election, self._work, record=self._record, clock=self._clock)
             self.election, self.elector = election, elector
             try:
                 await elector.run(task_status=task_status)
@@ -90,24 +91,20 @@ class LeadershipService:
     @asynccontextmanager
     async def _open_election(self) -> AsyncIterator[Election]:
         if self._settings.backend == "etcd":
-            from routeiq.leadership.etcd import EtcdElection
-
             async with EtcdElection(
                 self._candidate_id,
                 endpoint=etcd_endpoint(self._settings),
                 key=f"{self.key_prefix}/leader",
                 timings=self._timings,
-                monotonic=self._monotonic,
+                clock=self._clock,
             ) as etcd:
                 yield etcd
         else:
-            from routeiq.leadership.local import LocalElection
-
             async with LocalElection(
                 self._lock_path,
                 self._candidate_id,
                 timings=self._timings,
-                monotonic=self._monotonic,
+                clock=self._clock,
             ) as local:
                 yield local
 
@@ -144,7 +141,7 @@ class LeadershipService:
             "fencing_token": stats.fencing_token,
             "churn": stats.churn,
             "since_renew_s": (
-                round(self._monotonic() - last_renew, 3)
+                round(self._clock.monotonic() - last_renew, 3)
                 if last_renew is not None and stats.state == "leader"
                 else None
             ),

@@ -56,7 +56,6 @@ class Supervisor:
         events: EventLog,
         *,
         clock: Clock,
-        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         max_restarts: int = 5,
         window_s: float = 60.0,
         backoff_initial_s: float = 0.1,
@@ -65,7 +64,6 @@ class Supervisor:
     ) -> None:
         self._events = events
         self._clock = clock
-        self._sleep = sleep
         self.set_limits(
             max_restarts=max_restarts,
             window_s=window_s,
@@ -165,7 +163,7 @@ class Supervisor:
             attempt += 1
             self._restarts += 1
             self._record(service, "restarting", attempt=attempt, backoff_s=delay)
-            await self._sleep(delay)
+            await self._clock.sleep(delay)
 
     def _allow_restart(self) -> bool:
         now = self._clock.monotonic()

@@ -46,7 +46,7 @@ import tempfile
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from routeiq.config.loader import load_config
 from routeiq.config.model import GatewayConfig
@@ -56,9 +56,14 @@ from routeiq.lifecycle.events import AttrValue, EventKind, EventLog, JsonlSink
 from routeiq.lifecycle.statechart import Statechart
 from routeiq.master.process import WorkerProcess, describe_exit, preflight, preload
 from routeiq.master.signals import SignalPipe
-
-if TYPE_CHECKING:
-    from routeiq.observability.metrics import ProcessGroupMetrics
+from routeiq.observability.metrics import (
+    MULTIPROC_ENV,
+    ProcessGroupMetrics,
+    fresh_multiprocess_dir,
+    mark_worker_dead,
+)
+from routeiq.routing.litellm_setup import validate_routing
+from routeiq.routing.registry import default_registry
 
 __all__ = ["DEFAULT_BACKLOG", "Arbiter", "master_event_log_path"]
 
@@ -143,8 +148,6 @@ class Arbiter:
             try:
                 for slot in range(self._count):
                     self._slots[slot] = self._spawn(slot)
-                from routeiq.observability.metrics import ProcessGroupMetrics
-
                 assert self._metrics_dir is not None
                 self._metrics = ProcessGroupMetrics(self._metrics_dir)
                 self._publish()
@@ -156,15 +159,10 @@ class Arbiter:
 
     def _load(self) -> GatewayConfig:
         config = load_config(self._env, self._config_path)
-        from routeiq.routing.litellm_setup import validate_routing
-        from routeiq.routing.registry import default_registry
-
         validate_routing(default_registry(), config)
         return config
 
     def _prepare_metrics_dir(self, config: GatewayConfig) -> None:
-        from routeiq.observability.metrics import MULTIPROC_ENV, fresh_multiprocess_dir
-
         configured = config.routeiq.metrics.multiproc_dir or (
             Path(self._env[MULTIPROC_ENV]) if self._env.get(MULTIPROC_ENV) else None
         )
@@ -305,8 +303,6 @@ class Arbiter:
                 other.close_status()
             if self._sink is not None:
                 self._sink.close()
-            from routeiq.observability.metrics import MULTIPROC_ENV
-
             assert self._listener is not None and self._metrics_dir is not None
             listen_fd = self._listener.fileno()
             extra = {"ROUTEIQ_WORKER_ID": worker_id, MULTIPROC_ENV: str(self._metrics_dir)}
@@ -326,6 +322,8 @@ class Arbiter:
                     args.append(f"--config={self._config_path}")
                 os.execve(sys.executable, args, {**os.environ, **env})
             os.environ.update(extra)
+            # Not imported with this module: ``python -m routeiq.master.worker`` (the exec path
+            # above) must not find the worker module already imported by its own package.
             from routeiq.master.worker import run_worker
 
             code = run_worker(
@@ -381,8 +379,6 @@ class Arbiter:
 
     def _on_exit(self, worker: WorkerProcess, status: int) -> None:
         if self._metrics_dir is not None:
-            from routeiq.observability.metrics import mark_worker_dead
-
             mark_worker_dead(self._metrics_dir, worker.pid)
         how = describe_exit(status)
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -88,7 +88,7 @@ def preload() -> None:
     import prometheus_client  # noqa: F401
 
     import routeiq.app
-    import routeiq.lifecycle.coordination
+    import routeiq.assembly.gateway
     import routeiq.master.worker
     import routeiq.observability.tracing
     import routeiq.proxy.passthrough  # noqa: F401

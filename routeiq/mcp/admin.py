@@ -128,7 +128,7 @@ def mcp_admin_routes(app: FastAPI, holder: GatewayApp) -> None:
             )
         if not key_matches(bearer_token(request.headers), key):
             return _error(401, "missing or incorrect admin key")
-        mcp = gateway.extensions.get("mcp")
+        mcp = gateway.components.mcp
         if not isinstance(mcp, McpGateway):
             return _error(404, "the MCP gateway is disabled (routeiq.mcp.enabled)")
         return mcp

@@ -217,10 +217,10 @@ class McpAggregator:
     def _count(self, server: str, tool: str, outcome: str, elapsed: float | None = None) -> None:
         if self._metrics is None:
             return
-        calls = self._metrics["gateway_mcp_tool_calls_total"]
+        calls = self._metrics.gateway_mcp_tool_calls_total
         calls.labels(server=server, tool=tool, outcome=outcome).inc()
         if elapsed is not None:
-            duration = self._metrics["gateway_mcp_tool_call_duration_seconds"]
+            duration = self._metrics.gateway_mcp_tool_call_duration_seconds
             duration.labels(server=server).observe(elapsed)
 
     def _span(self, public: str, session: UpstreamSession) -> Any:

@@ -37,8 +37,8 @@ from routeiq.mcp.store import EtcdStore, RegistryStore, SqliteStore, StoreUnavai
 from routeiq.mcp.upstream import UpstreamSession
 
 if TYPE_CHECKING:
+    from routeiq.assembly.gateway import Gateway
     from routeiq.config.model import GatewayConfig
-    from routeiq.lifecycle.gateway import Gateway
     from routeiq.observability.metrics import GatewayMetrics
 
 __all__ = ["McpGateway", "RegistryConflict", "default_store_path", "open_mcp"]
@@ -326,7 +326,7 @@ async def open_mcp(
         env=env,
         metrics=gateway.metrics,
         tracer_provider=gateway.tracer_provider,
-        leadership=lambda: gateway.extensions.get("leadership"),
+        leadership=lambda: gateway.components.leadership,
     )
     unsubscribe: Callable[[], None] = lambda: None  # noqa: E731
     if gateway.metrics is not None:

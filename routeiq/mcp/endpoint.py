@@ -29,7 +29,7 @@ class McpEndpoint:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         gateway = self._holder.gateway
         runtime = None if gateway is None else gateway.runtime
-        mcp = None if gateway is None else gateway.extensions.get("mcp")
+        mcp = None if gateway is None else gateway.components.mcp
         if gateway is None or runtime is None or gateway.state != "serving":
             response = _error(503, "the gateway is not serving")
         elif mcp is None:

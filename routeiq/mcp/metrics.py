@@ -21,7 +21,7 @@ __all__ = ["McpMetricsProjection"]
 
 class McpMetricsProjection:
     def __init__(self, metrics: GatewayMetrics) -> None:
-        self._up = metrics["gateway_mcp_server_up"]
+        self._up = metrics.gateway_mcp_server_up
 
     def __call__(self, event: Event) -> None:
         if event.kind == EventKind.SERVICE and (event.component or "").startswith("mcp:"):

@@ -62,7 +62,7 @@ API_ROUTES: tuple[str, ...] = (
 # The phase a failed startup was in: the four startup phases, or "supervisor" when a service
 # exceeded its restart intensity before the gateway was serving.
 STARTUP_FAILURE_PHASES: tuple[str, ...] = ("configure", "observe", "patch", "serve", "supervisor")
-# Startup components in the order a gateway initialises them (routeiq/lifecycle/gateway.py);
+# Startup components in the order a gateway initialises them (routeiq/assembly/gateway.py);
 # event_sink only with an event log path, http_client only with the passthrough fast path,
 # the mcp_* ones unless routeiq.mcp.enabled is false.
 COMPONENTS: tuple[str, ...] = (

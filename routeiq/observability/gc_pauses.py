@@ -19,7 +19,10 @@ import asyncio
 import gc
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
 
 __all__ = ["GcPauseRecorder", "freeze_startup_heap"]
 
@@ -28,7 +31,9 @@ class GcPauseRecorder:
     # Pauses waiting for the event loop; beyond this (no loop running), the oldest are dropped.
     MAX_PENDING = 4096
 
-    def __init__(self, histogram: Any, *, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, histogram: Histogram, *, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self._histogram = histogram
         self._clock = clock
         self._started: float | None = None

@@ -27,13 +27,13 @@ import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from routeiq.lifecycle.events import Event, EventKind
 from routeiq.observability.catalog import METRICS, MetricSpec, metric_by_name
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
     "GatewayMetrics",
@@ -106,40 +106,66 @@ def _alive(pid: int) -> bool:
 
 
 class GatewayMetrics:
-    """Every collector of the catalog, registered in this instance's own registry."""
+    """Every collector of the catalog, registered in this instance's own registry.
+
+    Each collector is an attribute named exactly as the metric (the catalog's name), typed
+    ``Counter``, ``Gauge`` or ``Histogram``: a misspelt metric is a type error, not a KeyError
+    at run time. ``tests/observability/test_metrics.py`` checks the attributes against the
+    catalog.
+    """
+
+    # --- lifecycle
+    gateway_startup_duration_seconds: Histogram
+    gateway_last_startup_duration_seconds: Gauge
+    gateway_component_init_duration_seconds: Histogram
+    gateway_lifecycle_state: Gauge
+    gateway_start_time_seconds: Gauge
+    gateway_lifecycle_transitions_total: Counter
+    gateway_startup_failures_total: Counter
+    gateway_service_starts_total: Counter
+    gateway_service_crashes_total: Counter
+    gateway_service_restarts_total: Counter
+    # --- leadership and config
+    leader_election_status: Gauge
+    leader_election_churn_total: Counter
+    gateway_config_reloads_total: Counter
+    gateway_config_revision: Gauge
+    # --- traffic
+    gateway_requests_total: Counter
+    gateway_request_duration_seconds: Histogram
+    gateway_time_to_first_token_seconds: Histogram
+    gateway_tokens_total: Counter
+    gateway_inflight_requests: Gauge
+    gateway_requests_shed_total: Counter
+    gateway_routing_decisions_total: Counter
+    # --- process group (written by the master; registered here so every worker exposes them)
+    gateway_workers: Gauge
+    gateway_worker_restarts_total: Counter
+    gateway_gc_pause_seconds: Histogram
+    # --- MCP gateway
+    gateway_mcp_tool_calls_total: Counter
+    gateway_mcp_tool_call_duration_seconds: Histogram
+    gateway_mcp_server_up: Gauge
 
     def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
         if multiprocess_dir is not None:
             _write_values_to(multiprocess_dir)
-        from prometheus_client import (
-            CollectorRegistry,
-            Counter,
-            Gauge,
-            Histogram,
-            disable_created_metrics,
-        )
+        from prometheus_client import CollectorRegistry, disable_created_metrics
 
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.multiprocess_dir = multiprocess_dir
         self.registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
-        self._collectors: dict[str, Any] = {}
         for spec in METRICS:
-            kwargs: dict[str, Any] = {"registry": self.registry, "labelnames": spec.labels}
-            if spec.type == "counter":
-                # prometheus_client adds the _total suffix itself.
-                collector: Any = Counter(spec.name.removesuffix("_total"), spec.help, **kwargs)
-            elif spec.type == "gauge":
-                collector = Gauge(spec.name, spec.help, multiprocess_mode=spec.gauge_mode, **kwargs)
-            else:
-                collector = Histogram(spec.name, spec.help, buckets=spec.buckets, **kwargs)
-            self._collectors[spec.name] = collector
-
-    def __getitem__(self, name: str) -> Any:
-        return self._collectors[name]
+            setattr(self, spec.name, _collector(spec, self.registry))
 
     @property
     def specs(self) -> tuple[MetricSpec, ...]:
         return METRICS
+
+    def collector(self, spec: MetricSpec) -> Counter | Gauge | Histogram:
+        """The collector of a catalog entry, for code that walks the catalog."""
+        collector: Counter | Gauge | Histogram = getattr(self, spec.name)
+        return collector
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of this worker, or of the process group in multiprocess mode."""
@@ -162,13 +188,14 @@ class ProcessGroupMetrics:
 
     def __init__(self, directory: Path) -> None:
         _write_values_to(directory)
-        from prometheus_client import CollectorRegistry
+        from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.registry = CollectorRegistry(auto_describe=True)
-        workers = metric_by_name("gateway_workers")
-        restarts = metric_by_name("gateway_worker_restarts_total")
-        self._workers = _collector(workers, self.registry)
-        self._restarts = _collector(restarts, self.registry)
+        workers = _collector(metric_by_name("gateway_workers"), self.registry)
+        restarts = _collector(metric_by_name("gateway_worker_restarts_total"), self.registry)
+        if not isinstance(workers, Gauge) or not isinstance(restarts, Counter):
+            raise TypeError("the catalog's process-group metrics changed type")
+        self._workers, self._restarts = workers, restarts
 
     def set_workers(self, counts: Mapping[str, int]) -> None:
         for state in self.STATES:
@@ -178,16 +205,21 @@ class ProcessGroupMetrics:
         self._restarts.inc()
 
 
-def _collector(spec: MetricSpec, registry: CollectorRegistry) -> Any:
+def _collector(spec: MetricSpec, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
     from prometheus_client import Counter, Gauge, Histogram
 
-    kwargs: dict[str, Any] = {"registry": registry, "labelnames": spec.labels}
     if spec.type == "counter":
         # prometheus_client adds the _total suffix itself.
-        return Counter(spec.name.removesuffix("_total"), spec.help, **kwargs)
+        return Counter(spec.name.removesuffix("_total"), spec.help, spec.labels, registry=registry)
     if spec.type == "gauge":
-        return Gauge(spec.name, spec.help, multiprocess_mode=spec.gauge_mode, **kwargs)
-    return Histogram(spec.name, spec.help, buckets=spec.buckets, **kwargs)
+        return Gauge(
+            spec.name,
+            spec.help,
+            spec.labels,
+            registry=registry,
+            multiprocess_mode=spec.gauge_mode,
+        )
+    return Histogram(spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
 
 
 def render_process_group(directory: Path) -> tuple[bytes, str]:
@@ -209,48 +241,46 @@ class LifecycleMetricsProjection:
         self._origin: float | None = None
         self._phase: str = "configure"
         for state in states:
-            metrics["gateway_lifecycle_state"].labels(state=state).set(0)
-        metrics["leader_election_status"].set(0)
+            metrics.gateway_lifecycle_state.labels(state=state).set(0)
+        metrics.leader_election_status.set(0)
         for spec in metrics.specs:
             sets = spec.closed_label_sets
             if spec.type == "counter" and sets is not None:
                 for values in itertools.product(*sets):
-                    metrics[spec.name].labels(*values)
+                    metrics.collector(spec).labels(*values)
 
     def __call__(self, event: Event) -> None:
         if self._origin is None:
             self._origin = event.mono_time
-            self._m["gateway_start_time_seconds"].set(event.wall_time)
+            self._m.gateway_start_time_seconds.set(event.wall_time)
         if event.kind == EventKind.TRANSITION:
             self._transition(event)
         elif event.kind == EventKind.COMPONENT and event.ok and event.duration_s is not None:
-            self._m["gateway_component_init_duration_seconds"].labels(
+            self._m.gateway_component_init_duration_seconds.labels(
                 component=event.component or "unknown"
             ).observe(event.duration_s)
         elif event.kind == EventKind.SERVICE and event.component:
             self._service(event.component, event.trigger or "", event.attributes)
         elif event.kind == EventKind.LEADERSHIP:
-            self._m["leader_election_status"].set(1 if event.to_state == "leader" else 0)
+            self._m.leader_election_status.set(1 if event.to_state == "leader" else 0)
             if event.trigger in ("elected", "lose", "resign"):
-                self._m["leader_election_churn_total"].inc()
+                self._m.leader_election_churn_total.inc()
         elif event.kind == EventKind.CONFIG:
             self._config(event)
 
     def _transition(self, event: Event) -> None:
         m = self._m
         from_state, to_state = event.from_state or "", event.to_state or ""
-        m["gateway_lifecycle_transitions_total"].labels(
-            from_state=from_state, to_state=to_state
-        ).inc()
+        m.gateway_lifecycle_transitions_total.labels(from_state=from_state, to_state=to_state).inc()
         for state in self._states:
-            m["gateway_lifecycle_state"].labels(state=state).set(1 if state == to_state else 0)
+            m.gateway_lifecycle_state.labels(state=state).set(1 if state == to_state else 0)
         if to_state == "serving" and self._origin is not None:
             duration = event.mono_time - self._origin
-            m["gateway_startup_duration_seconds"].observe(duration)
-            m["gateway_last_startup_duration_seconds"].set(duration)
+            m.gateway_startup_duration_seconds.observe(duration)
+            m.gateway_last_startup_duration_seconds.set(duration)
         elif to_state == "failed" and from_state != "serving" and from_state != "draining":
             phase = str(event.attributes.get("phase") or self._phase)
-            m["gateway_startup_failures_total"].labels(phase=phase).inc()
+            m.gateway_startup_failures_total.labels(phase=phase).inc()
         self._phase = {"configured": "observe", "observing": "patch", "patched": "serve"}.get(
             to_state, self._phase
         )
@@ -258,18 +288,18 @@ class LifecycleMetricsProjection:
     def _config(self, event: Event) -> None:
         revision = event.attributes.get("revision")
         if event.trigger in ("loaded", "applied") and isinstance(revision, (int, float)):
-            self._m["gateway_config_revision"].set(revision)
+            self._m.gateway_config_revision.set(revision)
         if event.trigger in ("applied", "rejected"):
-            self._m["gateway_config_reloads_total"].labels(result=event.trigger).inc()
+            self._m.gateway_config_reloads_total.labels(result=event.trigger).inc()
 
     def _service(self, service: str, what: str, _attributes: Mapping[str, object]) -> None:
         m = self._m
         if what == "started":
-            m["gateway_service_starts_total"].labels(service=service).inc()
+            m.gateway_service_starts_total.labels(service=service).inc()
             # Created at 0 so that increase() sees the first crash and restart.
-            m["gateway_service_crashes_total"].labels(service=service)
-            m["gateway_service_restarts_total"].labels(service=service)
+            m.gateway_service_crashes_total.labels(service=service)
+            m.gateway_service_restarts_total.labels(service=service)
         elif what == "crashed":
-            m["gateway_service_crashes_total"].labels(service=service).inc()
+            m.gateway_service_crashes_total.labels(service=service).inc()
         elif what == "restarting":
-            m["gateway_service_restarts_total"].labels(service=service).inc()
+            m.gateway_service_restarts_total.labels(service=service).inc()

@@ -31,8 +31,8 @@ from routeiq.proxy.streaming import DisconnectAwareStream, count_stream_usage, l
 from routeiq.routing.decisions import recording_decisions
 
 if TYPE_CHECKING:
-    from routeiq.lifecycle.gateway import Gateway
-    from routeiq.lifecycle.runtime import Runtime
+    from routeiq.assembly.gateway import Gateway
+    from routeiq.routing.runtime import Runtime
 
 __all__ = ["call_upstream", "configured_retries", "count_tokens", "fallback_groups"]
 
@@ -80,7 +80,7 @@ async def call_upstream(
         if deployment:
             current_request_span().set_routing(strategy=strategy, arm=arm, deployment=deployment)
     if gateway.metrics is not None and response.status_code < 400:
-        gateway.metrics["gateway_routing_decisions_total"].labels(strategy=strategy, arm=arm).inc()
+        gateway.metrics.gateway_routing_decisions_total.labels(strategy=strategy, arm=arm).inc()
     return response
 
 
@@ -126,8 +126,7 @@ class _Call:
     ) -> None:
         self.gateway, self.runtime, self.method = gateway, runtime, method
         self.upstream_path, self.deadline = upstream_path, deadline
-        passthrough = gateway.extensions.get("passthrough")
-        self.passthrough = passthrough if runtime.fast_path else None
+        self.passthrough = gateway.components.passthrough if runtime.fast_path else None
 
     def remaining_s(self) -> float:
         return max(self.deadline - time.monotonic(), 0.001)
@@ -270,7 +269,7 @@ def count_tokens(gateway: Gateway, usage: Any, span: RequestSpan | None = None) 
         span.set_usage({"prompt_tokens": prompt, "completion_tokens": completion})
     if gateway.metrics is None:
         return
-    tokens = gateway.metrics["gateway_tokens_total"]
+    tokens = gateway.metrics.gateway_tokens_total
     if prompt:
         tokens.labels(type="input").inc(prompt)
     if completion:

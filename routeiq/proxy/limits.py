@@ -234,7 +234,7 @@ class RequestGuard:
         if self._inflight >= limits.max_inflight:
             if gateway.metrics is not None:
                 # A bounded label: the client chooses the path, not the series.
-                gateway.metrics["gateway_requests_shed_total"].labels(route=route).inc()
+                gateway.metrics.gateway_requests_shed_total.labels(route=route).inc()
             await _shed(send, limits)
             return
         self._inflight += 1

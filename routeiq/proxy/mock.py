@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from routeiq.proxy.errors import ApiError
 
 if TYPE_CHECKING:
-    from routeiq.lifecycle.runtime import Runtime
+    from routeiq.routing.runtime import Runtime
 
 __all__ = ["DEFAULT_DIMENSIONS", "MAX_DIMENSIONS", "mock_embeddings"]
 

@@ -44,8 +44,9 @@ from routeiq.proxy.streaming import aclose_quietly
 
 if TYPE_CHECKING:
     from routeiq.app import GatewayApp
-    from routeiq.lifecycle.gateway import Gateway
-    from routeiq.lifecycle.runtime import Runtime
+    from routeiq.assembly.gateway import Gateway
+    from routeiq.observability.metrics import GatewayMetrics
+    from routeiq.routing.runtime import Runtime
 
 __all__ = ["CHAT_FIELDS", "COMPLETION_FIELDS", "EMBEDDING_FIELDS", "openai_routes"]
 
@@ -191,7 +192,7 @@ class _Api:
             outcome = _Outcome()
             with request_span(provider, operation=operation, headers=request.headers) as span:
                 if metrics is not None:
-                    metrics["gateway_inflight_requests"].inc()
+                    metrics.gateway_inflight_requests.inc()
                 try:
                     response = await self._respond(request, route, handler, span, outcome)
                     if isinstance(response, StreamingResponse):
@@ -345,12 +346,12 @@ def _call_kwargs(
 # --- metrics ----------------------------------------------------------------------------------
 
 
-def _count(metrics: Any, route: str, model: str, status: int, started: float) -> None:
-    metrics["gateway_inflight_requests"].dec()
-    metrics["gateway_requests_total"].labels(
+def _count(metrics: GatewayMetrics, route: str, model: str, status: int, started: float) -> None:
+    metrics.gateway_inflight_requests.dec()
+    metrics.gateway_requests_total.labels(
         route=route, model=model, status_class=f"{status // 100}xx"
     ).inc()
-    metrics["gateway_request_duration_seconds"].labels(route=route).observe(
+    metrics.gateway_request_duration_seconds.labels(route=route).observe(
         time.perf_counter() - started
     )
 
@@ -362,7 +363,7 @@ class _AccountedStream(Response):
     def __init__(
         self,
         inner: StreamingResponse,
-        metrics: Any,
+        metrics: GatewayMetrics | None,
         route: str,
         model: str,
         started: float,
@@ -376,13 +377,13 @@ class _AccountedStream(Response):
         inner.body_iterator = self._timed()
 
     async def _timed(self) -> AsyncIterator[Any]:
-        first = self._metrics is not None
+        first = self._metrics  # observed once, on the first chunk
         async for chunk in self._source:
-            if first:
-                first = False
-                self._metrics["gateway_time_to_first_token_seconds"].observe(
+            if first is not None:
+                first.gateway_time_to_first_token_seconds.observe(
                     time.perf_counter() - self._started
                 )
+                first = None
             yield chunk
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

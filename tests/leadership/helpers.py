@@ -1,4 +1,4 @@
-"""Test doubles for the election core: a manual clock, a scripted backend, an event recorder."""
+"""Test doubles for the election core: a scripted backend and an event recorder."""
 
 from __future__ import annotations
 
@@ -11,66 +11,7 @@ import anyio.lowlevel
 
 from routeiq.errors import LeadershipLost
 from routeiq.leadership import ElectionUnavailable, LeaderTerm, LeaderTimings
-
-
-class ManualTime:
-    """Monotonic time that moves only in ``advance``; ``sleep`` blocks until then."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
-        self._seq = 0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await anyio.lowlevel.checkpoint()
-            return
-        self._seq += 1
-        sleeper = (self.now + seconds, self._seq, anyio.Event())
-        self._sleepers.append(sleeper)
-        try:
-            await sleeper[2].wait()
-        finally:
-            if sleeper in self._sleepers:
-                self._sleepers.remove(sleeper)
-
-    async def advance(self, seconds: float) -> None:
-        """Move time forward, waking each sleeper at its deadline and letting it run."""
-        target = self.now + seconds
-        for _ in range(100_000):
-            await anyio.wait_all_tasks_blocked()
-            due = sorted(s for s in self._sleepers if s[0] <= target)
-            if not due:
-                break
-            deadline, _, event = due[0]
-            self._sleepers.remove(due[0])
-            self.now = max(self.now, deadline)
-            event.set()
-        else:
-            raise RuntimeError("time does not settle: something sleeps for zero seconds in a loop")
-        self.now = target
-        await anyio.wait_all_tasks_blocked()
-
-
-class RealTime(ManualTime):
-    """The event loop's clock behind the same interface."""
-
-    @property
-    def now(self) -> float:
-        return time.monotonic()
-
-    @now.setter
-    def now(self, value: float) -> None:
-        """Ignored: the real clock cannot be set (ManualTime's code assigns ``now``)."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
+from routeiq.lifecycle.clock import Clock
 
 
 @dataclass
@@ -113,9 +54,9 @@ class Recorded:
 
 @dataclass
 class ScriptedElection:
-    """An ``Election`` whose answers the test sets; time comes from a ``ManualTime``."""
+    """An ``Election`` whose answers the test sets; time comes from ``clock``."""
 
-    clock: ManualTime
+    clock: Clock
     candidate_id: str = "me"
     timings: LeaderTimings = field(default_factory=lambda: LeaderTimings(2.0, 1.2, 0.3))
     leader_id: str | None = None
@@ -127,7 +68,7 @@ class ScriptedElection:
     term: LeaderTerm | None = None
 
     async def campaign(self) -> LeaderTerm | None:
-        self.calls.append((self.clock.now, "campaign"))
+        self.calls.append((self.clock.monotonic(), "campaign"))
         outcome = self.campaigns.pop(0) if self.campaigns else "lose"
         if outcome == "down":
             raise ElectionUnavailable("backend down")
@@ -136,12 +77,12 @@ class ScriptedElection:
             return None
         self.token += 1
         self.vacant = False
-        self.term = LeaderTerm(self.candidate_id, self.token, self.clock.now)
+        self.term = LeaderTerm(self.candidate_id, self.token, self.clock.monotonic())
         self.leader_id = self.candidate_id
         return self.term
 
     async def renew(self, term: LeaderTerm) -> None:
-        self.calls.append((self.clock.now, "renew"))
+        self.calls.append((self.clock.monotonic(), "renew"))
         if self.renew_mode == "down":
             raise ElectionUnavailable("backend down")
         if self.renew_mode == "lost":
@@ -150,7 +91,7 @@ class ScriptedElection:
             await anyio.sleep_forever()
 
     async def resign(self, term: LeaderTerm) -> None:
-        self.calls.append((self.clock.now, f"resign:{term.fencing_token}"))
+        self.calls.append((self.clock.monotonic(), f"resign:{term.fencing_token}"))
         self.term = None
         self.leader_id = None
 

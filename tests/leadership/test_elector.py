@@ -9,25 +9,24 @@ import pytest
 
 from routeiq.errors import LeadershipLost
 from routeiq.leadership import LeaderElector, LeaderTerm, LeaderTimings
+from routeiq.lifecycle.clock import ManualClock, SystemClock
 from routeiq.lifecycle.statechart import Statechart, StateMachine
-from tests.leadership.helpers import ManualTime, RealTime, Recorded, ScriptedElection
+from tests.leadership.helpers import Recorded, ScriptedElection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 
 Work = Callable[[LeaderTerm], Awaitable[None]]
 
 
-def scripted(*campaigns: str) -> tuple[ManualTime, ScriptedElection, Recorded]:
-    clock = ManualTime()
+def scripted(*campaigns: str) -> tuple[ManualClock, ScriptedElection, Recorded]:
+    clock = ManualClock()
     return clock, ScriptedElection(clock, campaigns=list(campaigns)), Recorded(clock.monotonic)
 
 
 def elector_for(
-    clock: ManualTime, election: ScriptedElection, record: Recorded, *work: Work
+    clock: ManualClock, election: ScriptedElection, record: Recorded, *work: Work
 ) -> LeaderElector:
-    return LeaderElector(
-        election, work, record=record, monotonic=clock.monotonic, sleep=clock.sleep
-    )
+    return LeaderElector(election, work, record=record, clock=clock)
 
 
 def resigns(election: ScriptedElection) -> list[str]:
@@ -51,7 +50,7 @@ async def test_renews_every_third_of_the_lease() -> None:
     elector = elector_for(clock, election, recorded)
     async with anyio.create_task_group() as tg:
         await tg.start(elector.run)
-        await clock.advance(2.1)
+        await clock.run_for(2.1)
         tg.cancel_scope.cancel()
     renewals = [t - 1000.0 for t, call in election.calls if call == "renew"]
     assert renewals == pytest.approx([2 / 3, 4 / 3, 2.0])
@@ -66,15 +65,15 @@ async def test_steps_down_at_the_renew_deadline_and_cancels_leader_work_first() 
         try:
             await anyio.sleep_forever()
         finally:
-            work_ended.append(clock.now)
+            work_ended.append(clock.monotonic())
 
     elector = elector_for(clock, election, recorded, leader_only)
     async with anyio.create_task_group() as tg:
         await tg.start(elector.run)
-        await clock.advance(1.0)
+        await clock.run_for(1.0)
         assert elector.statistics().last_renew == pytest.approx(1000.0 + 2 / 3)
         election.renew_mode = "down"
-        await clock.advance(3.0)
+        await clock.run_for(3.0)
         tg.cancel_scope.cancel()
 
     last_renew = elector.statistics().last_renew
@@ -98,7 +97,7 @@ async def test_steps_down_at_the_renew_deadline_and_cancels_leader_work_first() 
 
 
 async def test_renewal_that_hangs_is_bounded_by_the_deadline() -> None:
-    election = ScriptedElection(RealTime(), campaigns=["win"])
+    election = ScriptedElection(SystemClock(), campaigns=["win"])
     election.timings = LeaderTimings(0.6, 0.3, 0.1)
     recorded = Recorded()
     elector = LeaderElector(election, record=recorded)  # real time: the hang is real
@@ -131,11 +130,11 @@ async def test_leadership_lost_from_backend_or_work_means_lose_then_campaign_on_
         assert elector.term is None
         assert elector.state == "follower"
         election.vacant = True
-        await clock.advance(0.3)
+        await clock.run_for(0.3)
         term = await elector.wait_leader()
         assert term.fencing_token == 2
         election.renew_mode = "lost"
-        await clock.advance(1.0)
+        await clock.run_for(1.0)
         _, lost = await recorded.wait_for("lose", 2)
         assert "lease gone" in str(lost["reason"])
         tg.cancel_scope.cancel()
@@ -151,10 +150,10 @@ async def test_unreachable_backend_abandons_and_campaigns_again_on_vacancy() -> 
         assert elector.state == "follower"
         assert recorded.triggers == ["campaign", "abandon"]
         assert "unavailable" in str(recorded.of("abandon")[0][1]["reason"])
-        await clock.advance(10.0)
+        await clock.run_for(10.0)
         assert recorded.triggers == ["campaign", "abandon"]  # no campaign without a vacancy
         election.vacant = True
-        await clock.advance(0.3)
+        await clock.run_for(0.3)
         await elector.wait_leader()
         tg.cancel_scope.cancel()
     assert recorded.triggers == ["campaign", "abandon", "campaign", "elected", "resign"]
@@ -187,9 +186,7 @@ async def test_resign_stops_work_frees_the_seat_and_ends_run() -> None:
         order.append(f"event:{attributes['trigger']}")
         recorded(kind, attributes)
 
-    elector = LeaderElector(
-        election, [leader_only], record=record, monotonic=clock.monotonic, sleep=clock.sleep
-    )
+    elector = LeaderElector(election, [leader_only], record=record, clock=clock)
     async with anyio.create_task_group() as tg:
         await tg.start(elector.run)
         await anyio.wait_all_tasks_blocked()
@@ -245,7 +242,7 @@ async def test_healthy_fails_when_leading_without_renewal() -> None:
         assert elector.healthy(stats.last_renew + deadline - 0.01)
         assert not elector.healthy(stats.last_renew + deadline + 0.01)
         tg.cancel_scope.cancel()
-    assert elector.healthy(clock.now + 1e6)  # not leading: nothing to be stale about
+    assert elector.healthy(clock.monotonic() + 1e6)  # not leading: nothing to be stale about
 
 
 async def test_every_recorded_event_replays_through_the_chart() -> None:
@@ -254,7 +251,7 @@ async def test_every_recorded_event_replays_through_the_chart() -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(elector.run)
         election.vacant = True
-        await clock.advance(1.0)
+        await clock.run_for(1.0)
         await elector.wait_leader()
         tg.cancel_scope.cancel()
     machine = StateMachine(Statechart.load("leadership"))

@@ -22,9 +22,10 @@ import pytest
 import yaml
 
 from routeiq.config.loader import parse_config_text
+from routeiq.config.reload import ReloadResult, digest_of
 from routeiq.leadership import EtcdElection, LeaderTerm, LeaderTimings
 from routeiq.leadership.etcd_sync import EtcdConfigSync
-from routeiq.lifecycle.reload import ReloadResult, digest_of
+from routeiq.lifecycle.clock import SystemClock
 from tests.support.etcd import EtcdServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -52,7 +53,7 @@ def config_text(models: list[str], api_key: str = "os.environ/UPSTREAM_KEY") -> 
 
 @dataclass
 class RecordingReloader:
-    """Stands in for ``routeiq.lifecycle.reload.Reloader``: validates with the real parser and
+    """Stands in for ``routeiq.config.reload.Reloader``: validates with the real parser and
     records what it was asked to apply or reject."""
 
     applied: list[tuple[int | None, str]] = field(default_factory=list)
@@ -114,6 +115,7 @@ async def node(etcd: EtcdServer, path: Path, name: str) -> AsyncIterator[Node]:
             endpoint=etcd.client_endpoint(),
             fenced_put=fenced_put,
             poll_s=0.05,
+            clock=SystemClock(),
         )
         async with anyio.create_task_group() as tg:
             await tg.start(sync.follow)

@@ -13,9 +13,10 @@ import yaml
 from anyio.lowlevel import checkpoint
 
 from routeiq.app import GatewayApp
+from routeiq.assembly.gateway import Gateway
 from routeiq.errors import StartupError
 from routeiq.lifecycle.events import EventKind
-from routeiq.lifecycle.gateway import Gateway, StartupAborted
+from routeiq.lifecycle.phases import StartupAborted
 from tests.support import hooks
 from tests.support.asgi import LifespanDriver, running_app
 

@@ -13,10 +13,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from routeiq.assembly.gateway import Gateway
 from routeiq.errors import InvalidTransition, StartupError
 from routeiq.lifecycle.clock import ManualClock
 from routeiq.lifecycle.events import EventKind, EventLog, Redactor
-from routeiq.lifecycle.gateway import Gateway, StartupAborted
+from routeiq.lifecycle.phases import StartupAborted
 from routeiq.lifecycle.projections import LifecycleProjection, StartupTimeline, replay
 from routeiq.lifecycle.statechart import Statechart
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from routeiq.app import GatewayApp
+from routeiq.assembly.gateway import Gateway
 from routeiq.lifecycle.events import EventKind
-from routeiq.lifecycle.gateway import Gateway
 from tests.support.asgi import running_app
 
 pytestmark = pytest.mark.anyio

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from routeiq.app import GatewayApp
+from routeiq.assembly.gateway import Gateway
 from routeiq.lifecycle.events import EventKind
-from routeiq.lifecycle.gateway import Gateway
 from tests.config.hostile import ALIAS_BOMB, fragments
 from tests.support.asgi import running_app
 

@@ -17,22 +17,24 @@ pytestmark = pytest.mark.anyio
 
 class Harness:
     def __init__(self, **limits: float) -> None:
-        self.clock = ManualClock()
+        self.clock = ManualClock(autojump=True)
         self.log = EventLog(self.clock, worker_id="w", pid=1)
-        self.sleeps: list[float] = []
         self.gave_up: list[tuple[str, str]] = []
         self.supervisor = Supervisor(
             self.log,
             clock=self.clock,
-            sleep=self.sleep,
             on_give_up=lambda name, reason: self.gave_up.append((name, reason)),
             **limits,  # type: ignore[arg-type]
         )
 
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.clock.advance(seconds)
-        await anyio.lowlevel.checkpoint()
+    @property
+    def sleeps(self) -> list[float]:
+        """The backoff the supervisor slept before each restart (the clock jumps by it)."""
+        return [
+            float(e.attributes["backoff_s"])  # type: ignore[arg-type]
+            for e in self.log.events
+            if e.kind == EventKind.SERVICE and e.trigger == "restarting"
+        ]
 
     def steps(self, service: str) -> list[str]:
         return [

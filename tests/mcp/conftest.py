@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from routeiq.app import GatewayApp, create_app
-from routeiq.lifecycle.gateway import Gateway
+from routeiq.assembly.gateway import Gateway
 from tests.mcp.servers import _wait_listening
 from tests.support.asgi import close_litellm_clients
 from tests.support.procs import free_port, start_gateway
@@ -50,7 +50,7 @@ class ServedGateway:
 
     @property
     def mcp(self) -> Any:
-        return self.gateway.extensions["mcp"]
+        return self.gateway.components.mcp
 
     def admin(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(

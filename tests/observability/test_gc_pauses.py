@@ -13,14 +13,14 @@ from routeiq.observability.metrics import GatewayMetrics
 
 
 def count(metrics: GatewayMetrics, generation: str) -> float:
-    histogram = metrics["gateway_gc_pause_seconds"].labels(generation=generation)
+    histogram = metrics.gateway_gc_pause_seconds.labels(generation=generation)
     return float(sum(b.get() for b in histogram._buckets))
 
 
 def test_every_collection_is_timed_by_generation_until_removed() -> None:
     metrics = GatewayMetrics()
     ticks = iter([10.0, 10.25, 20.0, 20.001])
-    recorder = GcPauseRecorder(metrics["gateway_gc_pause_seconds"], clock=lambda: next(ticks))
+    recorder = GcPauseRecorder(metrics.gateway_gc_pause_seconds, clock=lambda: next(ticks))
     remove = recorder.install()
     try:
         gc.collect(2)
@@ -42,7 +42,7 @@ def test_every_collection_is_timed_by_generation_until_removed() -> None:
 @pytest.mark.anyio
 async def test_pauses_reach_the_histogram_through_the_event_loop() -> None:
     metrics = GatewayMetrics()
-    recorder = GcPauseRecorder(metrics["gateway_gc_pause_seconds"])
+    recorder = GcPauseRecorder(metrics.gateway_gc_pause_seconds)
     remove = recorder.install()
     try:
         gc.collect(1)

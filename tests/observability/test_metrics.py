@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 import yaml
@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from routeiq.app import GatewayApp
 from routeiq.lifecycle.events import EventKind
 from routeiq.observability.catalog import COMPONENTS, METRICS, metric_by_name
+from routeiq.observability.metrics import GatewayMetrics
 from tests.support.asgi import running_app
 
 pytestmark = pytest.mark.anyio
@@ -151,3 +152,19 @@ def test_closed_label_sets_are_only_fixed_values() -> None:
     assert metric_by_name("leader_election_churn_total").closed_label_sets is None
     for spec in (s for s in METRICS if s.type == "gauge"):
         assert spec.gauge_mode not in ("all", "liveall"), f"{spec.name} has a pid label"
+
+
+def test_every_catalog_metric_is_a_typed_handle() -> None:
+    """``GatewayMetrics`` declares one attribute per catalog entry, named and typed as it is:
+    code reads ``metrics.<name>`` and mypy checks the name and the collector's type."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    kinds = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+    hints = get_type_hints(
+        GatewayMetrics, localns={"Counter": Counter, "Gauge": Gauge, "Histogram": Histogram}
+    )
+    handles = {name: hint for name, hint in hints.items() if hint in kinds.values()}
+    assert handles == {spec.name: kinds[spec.type] for spec in METRICS}
+    metrics = GatewayMetrics()
+    for spec in METRICS:
+        assert isinstance(getattr(metrics, spec.name), kinds[spec.type]), spec.name

@@ -31,12 +31,12 @@ from pathlib import Path
 from routeiq.observability.metrics import GatewayMetrics
 
 metrics = GatewayMetrics(multiprocess_dir=Path(sys.argv[1]))
-metrics["gateway_lifecycle_state"].labels(state="serving").set(1)
-metrics["gateway_requests_total"].labels(
+metrics.gateway_lifecycle_state.labels(state="serving").set(1)
+metrics.gateway_requests_total.labels(
     route="/v1/models", model="other", status_class="2xx"
 ).inc(int(sys.argv[2]))
-metrics["gateway_last_startup_duration_seconds"].set(float(sys.argv[3]))
-metrics["gateway_inflight_requests"].inc()
+metrics.gateway_last_startup_duration_seconds.set(float(sys.argv[3]))
+metrics.gateway_inflight_requests.inc()
 print("written", flush=True)
 if sys.argv[4] == "stay":
     sys.stdin.read()
@@ -149,7 +149,7 @@ from pathlib import Path
 from routeiq.observability.metrics import GatewayMetrics
 
 metrics = GatewayMetrics(multiprocess_dir=Path(sys.argv[1]))
-requests = metrics["gateway_requests_total"]
+requests = metrics.gateway_requests_total
 requests.labels(route="/v1/models", model="other", status_class="2xx").inc()
 sys.stdout.write(metrics.render()[0].decode())
 """

@@ -17,11 +17,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from routeiq.assembly.gateway import Gateway
 from routeiq.config.loader import load_config
 from routeiq.errors import ConfigError, StartupError
 from routeiq.lifecycle.clock import ManualClock
 from routeiq.lifecycle.events import EventKind, EventLog
-from routeiq.lifecycle.gateway import Gateway
 from routeiq.lifecycle.hooks import HookContext
 from routeiq.observability.startup_trace import StartupTraceProjection
 from routeiq.observability.tracing import (

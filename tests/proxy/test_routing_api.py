@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from routeiq.app import GatewayApp
+from routeiq.assembly.gateway import Gateway
 from routeiq.errors import ConfigError, GatewayError, StartupError
-from routeiq.lifecycle.gateway import Gateway
 from routeiq.routing.ab import assign_arm, request_key
 from tests.support.asgi import running_app
 from tests.support.upstream import Upstream, running_upstream

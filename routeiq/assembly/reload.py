@@ -1,37 +1,38 @@
 """Hot reload: build a new config and Router beside the running ones, then swap them at once.
 
-``Reloader.apply`` validates the new text fully (the same loader as startup, then a Router built
-from it), and only then replaces ``gateway.runtime`` in one assignment: requests in flight keep
-the Runtime they started with. A config that fails anywhere is rejected: the old one keeps
-serving, a ``config`` event and ``gateway_config_reloads_total{result="rejected"}`` record it,
-and the revision does not move. Reading and parsing run in a worker thread (a large or hostile
-file never stalls the event loop), and a rejection's reasons never hold a fragment of a secret
-(see ``routeiq.config.problems``). Settings that only a restart can apply (leadership, event log,
-drain, supervisor, hooks, services, metrics) make a reload rejected, not half-applied.
+``RouterReloader.apply`` validates the new text fully (the same loader as startup, then a
+Router built from it), and only then replaces ``gateway.runtime`` in one assignment: requests in
+flight keep the Runtime they started with. A config that fails anywhere is rejected: the old one
+keeps serving, a ``config`` event and ``gateway_config_reloads_total{result="rejected"}`` record
+it, and the revision does not move. Reading and parsing run in a worker thread (a large or
+hostile file never stalls the event loop), and a rejection's reasons never hold a fragment of a
+secret (see ``routeiq.config.problems``). Settings that only a restart can apply (leadership,
+event log, drain, supervisor, hooks, services, metrics) make a reload rejected, not half-applied.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 from routeiq.config.loader import parse_config_bytes, parse_config_text
 from routeiq.config.model import GatewayConfig
 from routeiq.config.problems import scrub_fragments
+from routeiq.config.reload import ReloadResult, digest_of
 from routeiq.errors import ConfigError, describe
 from routeiq.lifecycle.events import EventKind
-from routeiq.lifecycle.runtime import Runtime
+from routeiq.proxy.passthrough import passthrough_applies
+from routeiq.routing.litellm_setup import build_router, retire_router, validate_routing
+from routeiq.routing.runtime import Runtime
 
 if TYPE_CHECKING:
-    from routeiq.lifecycle.gateway import Gateway
+    from routeiq.assembly.gateway import Gateway
 
-__all__ = ["RELOADABLE_ROUTEIQ_FIELDS", "ReloadResult", "Reloader", "digest_of"]
+__all__ = ["RELOADABLE_ROUTEIQ_FIELDS", "RouterReloader"]
 
 # Parts of the `routeiq:` section a reload may change; any other change needs a restart.
 RELOADABLE_ROUTEIQ_FIELDS = frozenset(
@@ -39,28 +40,9 @@ RELOADABLE_ROUTEIQ_FIELDS = frozenset(
 )
 
 
-def digest_of(text: str | bytes) -> str:
-    """sha256 of a config's bytes (of its UTF-8 encoding when given text)."""
-    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+class RouterReloader:
+    """The ``routeiq.config.reload.Reloader`` of one gateway: swaps its ``Runtime``."""
 
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    result: str  # "applied", "rejected" or "unchanged"
-    revision: int
-    digest: str
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "result": self.result,
-            "revision": self.revision,
-            "digest": self.digest[:12],
-            "error": self.error,
-        }
-
-
-class Reloader:
     def __init__(self, gateway: Gateway, litellm: ModuleType, env: dict[str, str]) -> None:
         self._gateway = gateway
         self._litellm = litellm
@@ -99,8 +81,6 @@ class Reloader:
         registers process-global callbacks and is not safe beside a live Router on another
         thread. It costs milliseconds for a config that parsed (parsing is the bounded,
         threaded part)."""
-        from routeiq.routing.litellm_setup import build_router, retire_router
-
         self._check_reloadable(config)
         # Rejects router_settings litellm refuses and strategies that cannot be installed.
         retire_router(build_router(self._litellm, config, self._gateway.strategies).router)
@@ -108,9 +88,6 @@ class Reloader:
     async def apply(self, text: str | bytes, *, revision: int | None, origin: str) -> ReloadResult:
         """Switch to ``text`` (at ``revision``, default current + 1): ``applied``,
         ``unchanged`` or ``rejected`` with reasons; never raises for any content."""
-        from routeiq.proxy.passthrough import passthrough_applies
-        from routeiq.routing.litellm_setup import build_router, retire_router, validate_routing
-
         gateway = self._gateway
         current = gateway.runtime
         if current is None:

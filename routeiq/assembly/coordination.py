@@ -10,15 +10,15 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from routeiq.assembly.reload import RouterReloader
 from routeiq.leadership.config_sync import EtcdConfigSync, FileWatcher
 from routeiq.leadership.election import LeaderTerm
 from routeiq.leadership.elector import LeaderWork
 from routeiq.leadership.service import LeadershipService, etcd_endpoint
-from routeiq.lifecycle.reload import Reloader
 from routeiq.lifecycle.supervisor import Service
 
 if TYPE_CHECKING:
-    from routeiq.lifecycle.gateway import Gateway
+    from routeiq.assembly.gateway import Gateway
     from routeiq.lifecycle.supervisor import Supervisor
 
 __all__ = ["CONFIG_POLL_S", "start_coordination"]
@@ -29,13 +29,13 @@ CONFIG_POLL_S = 0.25
 async def start_coordination(
     gateway: Gateway, supervisor: Supervisor, litellm: ModuleType, env: dict[str, str]
 ) -> list[tuple[str, Service]]:
-    """The services to start, in order; also registers them in ``gateway.extensions``."""
+    """The services to start, in order; also sets them in ``gateway.components``."""
     config = gateway.config
     if config is None:
         raise RuntimeError("coordination needs the configured gateway")
     settings = config.routeiq.leadership
-    reloader = Reloader(gateway, litellm, env)
-    gateway.extensions["reloader"] = reloader
+    reloader = RouterReloader(gateway, litellm, env)
+    gateway.components.reloader = reloader
     path = reloader.source_path()
     services: list[tuple[str, Service]] = []
     work: list[LeaderWork] = []
@@ -56,22 +56,23 @@ async def start_coordination(
             endpoint=etcd_endpoint(settings),
             fenced_put=fenced_put,
             poll_s=CONFIG_POLL_S,
+            clock=gateway.clock,
         )
-        gateway.extensions["config_sync"] = sync
+        gateway.components.config_sync = sync
         services.append(("config-sync", Service("config-sync", sync.follow)))
         work.append(sync.publish_as_leader)
     elif path is not None:
-        watcher = FileWatcher(reloader, path, poll_s=CONFIG_POLL_S)
-        gateway.extensions["config_sync"] = watcher
+        watcher = FileWatcher(reloader, path, poll_s=CONFIG_POLL_S, clock=gateway.clock)
+        gateway.components.config_sync = watcher
         services.append(("config-sync", Service("config-sync", watcher.run)))
 
     leadership = LeadershipService(
         config,
         candidate_id=gateway.worker_id,
         events=gateway.events,
-        monotonic=gateway.monotonic,
+        clock=gateway.clock,
         work=work,
     )
-    gateway.extensions["leadership"] = leadership
+    gateway.components.leadership = leadership
     services.append(("leadership", Service("leadership", leadership.run)))
     return services
