@@ -27,12 +27,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio.abc import TaskStatus
 
-from routeiq.errors import GatewayError, describe
+from routeiq.errors import GatewayError, LeadershipLost, describe
+from routeiq.leadership.election import ElectionUnavailable
+from routeiq.leadership.service import etcd_endpoint
+from routeiq.lifecycle.clock import Clock, SystemClock
 from routeiq.lifecycle.events import EventKind, EventLog
 from routeiq.lifecycle.supervisor import Service, Supervisor
 from routeiq.mcp.aggregator import McpAggregator
 from routeiq.mcp.config import McpServerSpec, McpSettings
 from routeiq.mcp.guard import HostGuard
+from routeiq.mcp.metrics import McpMetricsProjection
 from routeiq.mcp.store import EtcdStore, RegistryStore, SqliteStore, StoreUnavailable
 from routeiq.mcp.upstream import UpstreamSession
 
@@ -72,7 +76,9 @@ class McpGateway:
         metrics: GatewayMetrics | None,
         tracer_provider: Any,
         leadership: Callable[[], Any] = lambda: None,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self.settings: McpSettings = config.routeiq.mcp
         self._config = config
         self._events = events
@@ -107,8 +113,6 @@ class McpGateway:
         for spec in self._declared.values():
             self.guard.check_url(spec.url)  # a config that points inside is a config error
         if self.backend == "etcd":
-            from routeiq.leadership.service import etcd_endpoint
-
             leadership = self._config.routeiq.leadership
             # The one client builder: TLS, user/password and the bounded reconnect backoff.
             endpoint = etcd_endpoint(leadership)
@@ -240,9 +244,6 @@ class McpGateway:
             else:
                 await election.fenced_put(key, value, term=term)
 
-        from routeiq.errors import LeadershipLost
-        from routeiq.leadership.election import ElectionUnavailable
-
         try:
             await store.apply_requests(fenced)
         except (LeadershipLost, ElectionUnavailable):
@@ -299,6 +300,7 @@ class McpGateway:
             env=self._env,
             events=self._events,
             on_change=self.aggregator.notify_changed,
+            clock=self._clock,
         )
         self.sessions[spec.name] = session
         generation = self._generation.get(spec.name, 0) + 1
@@ -315,8 +317,6 @@ async def open_mcp(
     gateway: Gateway, env: Mapping[str, str]
 ) -> tuple[McpGateway, Callable[[], Any]]:
     """Build and open the MCP gateway of ``gateway``; returns it and its undo."""
-    from routeiq.mcp.metrics import McpMetricsProjection
-
     config = gateway.config
     if config is None:
         raise GatewayError("the MCP gateway needs the configured gateway")
@@ -327,6 +327,7 @@ async def open_mcp(
         metrics=gateway.metrics,
         tracer_provider=gateway.tracer_provider,
         leadership=lambda: gateway.components.leadership,
+        clock=gateway.clock,
     )
     unsubscribe: Callable[[], None] = lambda: None  # noqa: E731
     if gateway.metrics is not None:

@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from routeiq.errors import GatewayError, describe
+from routeiq.lifecycle.clock import Clock, SystemClock
 from routeiq.lifecycle.events import EventKind, EventLog
 from routeiq.mcp.config import ENV_REF_PREFIX, McpServerSpec, McpSettings
 from routeiq.mcp.guard import HostGuard
@@ -65,7 +66,7 @@ class UpstreamSession:
         env: Mapping[str, str],
         events: EventLog,
         on_change: Callable[[], None],
-        sleep: Callable[[float], Any] = anyio.sleep,
+        clock: Clock | None = None,
     ) -> None:
         self.spec = spec
         self._settings = settings
@@ -73,7 +74,7 @@ class UpstreamSession:
         self._env = env
         self._events = events
         self._on_change = on_change
-        self._sleep = sleep
+        self._clock: Clock = clock or SystemClock()
         self._client: Client | None = None
         self._stop = anyio.Event()
         self._refresh = anyio.Event()
@@ -114,7 +115,7 @@ class UpstreamSession:
                         self._settings.reconnect_max_s,
                         self._settings.reconnect_initial_s * (2 ** min(attempt, 16)),
                     )
-                    await self._sleep(delay)
+                    await self._clock.sleep(delay)
             finally:
                 self._mark_down(None)
 
@@ -168,7 +169,7 @@ class UpstreamSession:
             while True:
                 # The health check is a fresh tools/list (ping is gone as of 2026-07-28); it
                 # also catches a changed list from a server that does not announce changes.
-                await self._sleep(self._settings.health_interval_s)
+                await self._clock.sleep(self._settings.health_interval_s)
                 if await self._list(client):
                     self._on_change()
 
