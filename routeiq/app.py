@@ -51,7 +51,8 @@ class GatewayApp:
         self._exit_on_startup_failure = exit_on_startup_failure
         self.gateway: Gateway | None = None
         self.startup_error: BaseException | None = None
-        self._http = RequestGuard(build_http_app(self), self)
+        http = build_http_app(self)
+        self._http = RequestGuard(http.app, self, hot=http.hot)
 
     def new_gateway(self) -> Gateway:
         return Gateway(env=self._env, config_path=self._config_path, clock=self._clock)

@@ -11,6 +11,8 @@ Every response carries an ``x-request-id`` header (``routeiq.http.request_id``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Query
@@ -29,7 +31,7 @@ from routeiq.http.control import (
     redact_metrics,
     redact_startup,
 )
-from routeiq.http.request_id import RequestIdMiddleware
+from routeiq.http.request_id import ASGIApp, RequestIdMiddleware
 from routeiq.http.schemas import ErrorBody, HealthStatus
 from routeiq.mcp.admin import mcp_admin_routes, mcp_openapi_schemas
 from routeiq.mcp.endpoint import McpEndpoint
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from routeiq.app import GatewayApp
     from routeiq.assembly.gateway import Gateway
 
-__all__ = ["SECURITY_SCHEMES", "build_http_app"]
+__all__ = ["SECURITY_SCHEMES", "HttpApp", "build_http_app"]
 
 SECURITY_SCHEMES: dict[str, Any] = {
     "MasterKey": {
@@ -57,7 +59,22 @@ SECURITY_SCHEMES: dict[str, Any] = {
 }
 
 
-def build_http_app(holder: GatewayApp) -> FastAPI:
+@dataclass(frozen=True, slots=True)
+class HttpApp:
+    """The gateway's HTTP app, and a shorter way in for the three OpenAI POST routes.
+
+    ``hot`` maps each POST route's path to its ASGI app behind only the request-id middleware,
+    skipping the FastAPI/Starlette middleware stack and the router (measured ≈ 30–40 µs per
+    request). That stack adds nothing to these routes: their handler turns every exception into
+    an OpenAI error response and accounts for itself (``routeiq.proxy.routes``), and the
+    request-id middleware is the net under it, as it is under everything else.
+    """
+
+    app: FastAPI
+    hot: Mapping[str, ASGIApp]
+
+
+def build_http_app(holder: GatewayApp) -> HttpApp:
     app = FastAPI(
         title="RouteIQ",
         summary="An OpenAI-compatible LLM gateway with an event-sourced lifecycle",
@@ -162,7 +179,7 @@ def build_http_app(holder: GatewayApp) -> FastAPI:
             body = redact_metrics(body, gateway.metrics.multiprocess_dir)
         return Response(body, media_type=content_type)
 
-    described = openai_routes(app, holder)
+    described, hot = openai_routes(app, holder)
     admin_routes(app, holder)
     mcp_admin_routes(app, holder)
     app.router.routes.append(Route("/mcp", McpEndpoint(holder)))
@@ -205,7 +222,7 @@ def build_http_app(holder: GatewayApp) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    return HttpApp(app, {path: RequestIdMiddleware(route) for path, route in hot.items()})
 
 
 def leadership_view(gateway: Gateway) -> dict[str, Any]:

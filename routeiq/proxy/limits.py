@@ -213,10 +213,14 @@ class RequestGuard:
     The app's own ``receive`` calls then wait for that same disconnect.
     """
 
-    def __init__(self, app: Any, holder: GatewayApp) -> None:
+    def __init__(
+        self, app: Any, holder: GatewayApp, *, hot: Mapping[str, Any] | None = None
+    ) -> None:
         self._app = app
         self._holder = holder
         self._inflight = 0
+        # POST routes served by their own ASGI app, bypassing ``app``'s middleware and router.
+        self._hot = dict(hot or {})
 
     @property
     def inflight(self) -> int:
@@ -237,9 +241,12 @@ class RequestGuard:
                 gateway.metrics.gateway_requests_shed_total.labels(route=route).inc()
             await _shed(send, limits)
             return
+        app = self._app
+        if scope.get("method") == "POST" and not scope.get("root_path"):
+            app = self._hot.get(route, app)
         self._inflight += 1
         try:
-            await _cancel_on_disconnect(self._app, scope, receive, send)
+            await _cancel_on_disconnect(app, scope, receive, send)
         finally:
             self._inflight -= 1
 

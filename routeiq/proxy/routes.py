@@ -85,8 +85,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 log = logging.getLogger("routeiq.proxy")
 
 
-def openai_routes(app: FastAPI, holder: GatewayApp) -> list[APIRoute]:
-    """Register the OpenAI API on ``app``; returns the routes to describe in ``/openapi.json``.
+def openai_routes(
+    app: FastAPI, holder: GatewayApp
+) -> tuple[list[APIRoute], dict[str, Callable[..., Awaitable[None]]]]:
+    """Register the OpenAI API on ``app``; returns the routes to describe in ``/openapi.json``
+    and the ASGI apps of the three POST routes by path (see ``routeiq.http.routes.HttpApp``).
 
     The three POST routes are the hot path: they are served as plain Starlette routes (FastAPI's
     per-request dependency machinery measured ~20 µs more per request here) that read, parse and
@@ -95,6 +98,7 @@ def openai_routes(app: FastAPI, holder: GatewayApp) -> list[APIRoute]:
     """
     api = _Api(holder)
     described: list[APIRoute] = []
+    hot: dict[str, Callable[..., Awaitable[None]]] = {}
     posts: list[tuple[str, Endpoint, type[Any], str]] = [
         ("/v1/chat/completions", api.chat, ChatCompletionRequest, "Create a chat completion"),
         ("/v1/completions", api.completions, CompletionRequest, "Create a text completion"),
@@ -103,7 +107,9 @@ def openai_routes(app: FastAPI, holder: GatewayApp) -> list[APIRoute]:
     for path, handler, model, summary in posts:
         serve = api.endpoint(path, handler)
         # First in the router: the hot routes match without trying the others.
-        app.router.routes.insert(0, Route(path, serve, methods=["POST"]))
+        route = Route(path, serve, methods=["POST"])
+        app.router.routes.insert(0, route)
+        hot[path] = route.app
         body_schema = {"$ref": f"#/components/schemas/{model.__name__}"}
         described.append(
             APIRoute(
@@ -153,7 +159,7 @@ def openai_routes(app: FastAPI, holder: GatewayApp) -> list[APIRoute]:
             ],
         },
     )
-    return described
+    return described, hot
 
 
 class ModelCard(BaseModel):
