@@ -16,6 +16,7 @@ import anyio
 from starlette.responses import StreamingResponse
 
 from routeiq.proxy.errors import map_upstream_error
+from routeiq.proxy.limits import watch_disconnect
 from routeiq.proxy.passthrough import stream_usage
 
 __all__ = ["DisconnectAwareStream", "aclose_quietly", "count_stream_usage", "litellm_sse"]
@@ -35,16 +36,8 @@ class DisconnectAwareStream(StreamingResponse):
         iterator = self.body_iterator
         watcher: asyncio.Task[None] | None = None
         try:
-            # A bare watcher task bounded by this call, as in ``routeiq.proxy.limits``: an anyio
-            # task group per response costs ≈ 50 µs.
-            with anyio.CancelScope() as scope:
-
-                async def watch_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    scope.cancel()
-
-                watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+            with anyio.CancelScope() as streaming:
+                watcher = watch_disconnect(receive, streaming.cancel)
                 await self.stream_response(send)
         finally:
             if watcher is not None:
