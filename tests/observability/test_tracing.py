@@ -457,6 +457,20 @@ def test_request_span_without_a_provider_is_a_no_op() -> None:
     span.end()
 
 
+def test_request_spans_are_skipped_until_the_gateways_provider_has_a_processor() -> None:
+    provider = build_tracer_provider(load_config({}), "w1", env={})
+    try:
+        with request_span(provider, operation="chat", request_model="m") as span:
+            assert span.span is None and not span.recording  # nothing would receive it
+        exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with request_span(provider, operation="chat", request_model="m") as span:
+            assert span.recording
+        assert [s.name for s in exporter.get_finished_spans()] == ["chat m"]
+    finally:
+        provider.shutdown()
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
