@@ -27,6 +27,7 @@ from typing import Any
 
 from routeiq.assembly.components import Components
 from routeiq.assembly.coordination import start_coordination
+from routeiq.assembly.reload import serving_runtime
 from routeiq.config.loader import load_config
 from routeiq.config.model import GatewayConfig
 from routeiq.errors import GatewayError
@@ -45,7 +46,7 @@ from routeiq.observability.metrics import (
 )
 from routeiq.observability.startup_trace import StartupTraceProjection
 from routeiq.observability.tracing import build_tracer_provider
-from routeiq.proxy.passthrough import Passthrough, passthrough_applies, request_timeout_s
+from routeiq.proxy.passthrough import Passthrough, request_timeout_s
 from routeiq.routing.litellm_setup import (
     build_router,
     import_litellm,
@@ -194,13 +195,7 @@ class Gateway(Lifecycle):
             self._litellm = litellm
         with self._component("router"):
             built = build_router(litellm, config, self.strategies)
-            self.runtime = Runtime(
-                config,
-                built.router,
-                revision=1,
-                fast_path=passthrough_applies(config, callback_free=built.callback_free),
-                digest=config.digest,
-            )
+            self.runtime = serving_runtime(config, built, 1, config.digest)
         self._on_undo(undo, "router", self._drop_router)
         self.events.append(
             EventKind.CONFIG,

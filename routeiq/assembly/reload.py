@@ -12,6 +12,7 @@ event log, drain, supervisor, hooks, services, metrics) make a reload rejected, 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -25,14 +26,20 @@ from routeiq.config.problems import scrub_fragments
 from routeiq.config.reload import ReloadResult, digest_of
 from routeiq.errors import ConfigError, describe
 from routeiq.lifecycle.events import EventKind
-from routeiq.proxy.passthrough import passthrough_applies
-from routeiq.routing.litellm_setup import build_router, retire_router, validate_routing
+from routeiq.proxy.passthrough import Passthrough, passthrough_applies
+from routeiq.routing.litellm_setup import (
+    BuiltRouter,
+    build_router,
+    retire_router,
+    validate_routing,
+)
+from routeiq.routing.picker import DeploymentPicker
 from routeiq.routing.runtime import Runtime
 
 if TYPE_CHECKING:
     from routeiq.assembly.gateway import Gateway
 
-__all__ = ["RELOADABLE_ROUTEIQ_FIELDS", "RouterReloader"]
+__all__ = ["RELOADABLE_ROUTEIQ_FIELDS", "RouterReloader", "serving_runtime"]
 
 # Parts of the `routeiq:` section a reload may change; any other change needs a restart.
 RELOADABLE_ROUTEIQ_FIELDS = frozenset(
@@ -98,9 +105,7 @@ class RouterReloader:
             if revision is not None and revision > current.revision:
                 # The same config, published under a newer revision: adopt the number, as an
                 # event (the revision gauge and the log must say what this worker serves).
-                gateway.runtime = Runtime(
-                    current.config, current.router, revision, current.fast_path, current.digest
-                )
+                gateway.runtime = dataclasses.replace(current, revision=revision)
                 gateway.events.append(
                     EventKind.CONFIG,
                     trigger="loaded",
@@ -119,8 +124,7 @@ class RouterReloader:
             secrets = current.config.secrets | (config.secrets if config is not None else set())
             return self.reject(digest, exc, origin=origin, secrets=secrets)
         gateway.events.redactor.add(config.secrets)
-        fast_path = passthrough_applies(config, callback_free=built.callback_free)
-        gateway.runtime = Runtime(config, built.router, new_revision, fast_path, digest)
+        gateway.runtime = serving_runtime(config, built, new_revision, digest)
         # Requests in flight keep using the old Router; retiring only drops its global hooks.
         retire_router(current.router)
         for path, message in config.warnings:
@@ -185,3 +189,20 @@ class RouterReloader:
                 ],
                 source=config.source,
             )
+
+
+def serving_runtime(
+    config: GatewayConfig, built: BuiltRouter, revision: int, digest: str
+) -> Runtime:
+    """The ``Runtime`` for a new Router: whether requests may take the fast path, and the
+    picker for its plain model groups."""
+    fast_path = passthrough_applies(config, callback_free=built.callback_free)
+    picker = None
+    if fast_path:
+        picker = DeploymentPicker.for_router(
+            built.router,
+            config.router_settings,
+            built.hook,
+            eligible=lambda deployment: Passthrough.target(deployment) is not None,
+        )
+    return Runtime(config, built.router, revision, fast_path, digest, picker)

@@ -184,18 +184,23 @@ class _Call:
     ) -> tuple[Mapping[str, Any], Any] | None:
         """The Router's pick for a fast attempt (avoiding deployments that failed this request,
         when there are others), or ``None`` to let litellm take over."""
-        router = self.runtime.router
+        router, picker = self.runtime.router, self.runtime.picker
+        model = kwargs["model"]
+        messages, input = kwargs.get("messages"), kwargs.get("input")
         for excluded in ([*dict.fromkeys(failed)], []) if failed else ([],):
             request = dict(kwargs)
+            if picker is not None and picker.covers(model):
+                deployment = await picker.pick(
+                    model, request, excluded=excluded, messages=messages, input=input
+                )
+                if deployment is None:
+                    continue
+                target = Passthrough.target(deployment)
+                return None if target is None else (deployment, target)
             if excluded:
                 request["_excluded_deployment_ids"] = excluded
             try:
-                deployment = await router.select(
-                    kwargs["model"],
-                    request,
-                    messages=kwargs.get("messages"),
-                    input=kwargs.get("input"),
-                )
+                deployment = await router.select(model, request, messages=messages, input=input)
             except Exception:  # no pick (cooldown, no capacity, all excluded)
                 continue
             if not isinstance(deployment, Mapping):

@@ -3,9 +3,10 @@
 Measured here: ``Router.acompletion`` spends ~3.6 ms of CPU per call, of which deployment
 selection is ~0.25 ms; a plain aiohttp POST is ~0.24 ms. So for deployments that already speak
 OpenAI's wire format (``openai/…`` or ``hosted_vllm/…`` with an ``api_base``, and no litellm-only
-parameters), the gateway asks this instance's Router to pick a deployment (routing strategy,
-cooldowns and RouteIQ's strategies all apply) and forwards the request over a pooled aiohttp
-session, relaying the upstream's JSON or SSE bytes as they come.
+parameters), the gateway picks a deployment the way this instance's Router would (routing
+strategy, cooldowns and RouteIQ's strategies all apply; ``routeiq.routing.picker`` for plain
+model groups, the Router's own ``select`` otherwise) and forwards the request over a pooled
+aiohttp session, relaying the upstream's JSON or SSE bytes as they come.
 
 Anything else goes through ``Router.acompletion``. One request's attempts share one budget
 (``routeiq.proxy.calls``): a failed fast attempt counts, and litellm only gets the attempts that

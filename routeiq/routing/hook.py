@@ -23,7 +23,7 @@ calls only.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from routeiq.routing.decisions import NO_ARM, RoutingDecision, current_recorder
@@ -65,11 +65,29 @@ class RoutingHook:
         if isinstance(healthy, Mapping):
             # A deployment asked for by its id: there is nothing to choose.
             return self._decided(dict(healthy), model, NO_ARM)
-        candidates = await self._without_cooldowns(list(healthy))
-        if not candidates:
+        picked = await self.choose_among(model, list(healthy), request, messages, input)
+        if picked is None:
             from litellm.types.router import RouterRateLimitErrorBasic
 
             raise RouterRateLimitErrorBasic(model=model)
+        return picked
+
+    async def choose_among(
+        self,
+        model: str,
+        healthy: Sequence[Mapping[str, Any]],
+        request: dict[str, Any],
+        messages: list[dict[str, Any]] | None = None,
+        input: Any = None,
+        *,
+        cooldowns_checked: bool = False,
+    ) -> dict[str, Any] | None:
+        """The strategy's pick among ``healthy`` less those cooling down (unless the caller
+        already left them out), reported as a decision like any other; ``None`` when there is
+        none to pick."""
+        candidates = healthy if cooldowns_checked else await self._without_cooldowns(healthy)
+        if not candidates:
+            return None
         call = _call_key(request)
         tried = self._tried.get(call, set()) if call is not None else set()
         untried = [d for d in candidates if deployment_id(d) not in tried]
@@ -86,7 +104,9 @@ class RoutingHook:
             "RouteIQ routing serves async calls only (acompletion, aembedding, atext_completion)"
         )
 
-    async def _without_cooldowns(self, healthy: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    async def _without_cooldowns(
+        self, healthy: Sequence[Mapping[str, Any]]
+    ) -> Sequence[Mapping[str, Any]]:
         if not healthy:
             return healthy
         ids = [deployment_id(d) for d in healthy]

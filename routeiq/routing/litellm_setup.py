@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from routeiq.config.model import GatewayConfig, thaw
 from routeiq.config.problems import validation_problems
 from routeiq.errors import ConfigError
+from routeiq.routing.hook import RoutingHook
 from routeiq.routing.registry import StrategyRegistry
 from routeiq.routing.strategies import NeedsNativeStrategy
 
@@ -60,6 +61,8 @@ class BuiltRouter:
     # False when the strategy learns from litellm's per-call callbacks (stateful built-ins),
     # which only litellm's own call path runs.
     callback_free: bool
+    # The RouteIQ strategy's hook installed on the Router, if one is configured.
+    hook: RoutingHook | None = None
 
 
 class _ConfigRouterView:
@@ -107,7 +110,7 @@ def build_router(
         raise
     strategy = hook.strategy
     natives = strategy.native_strategies() if isinstance(strategy, NeedsNativeStrategy) else ()
-    return BuiltRouter(router, not natives)
+    return BuiltRouter(router, not natives, hook)
 
 
 def _check_deployments(model_list: list[dict[str, Any]]) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routeiq.config.model import GatewayConfig
+from routeiq.routing.picker import DeploymentPicker
 
 __all__ = ["Runtime"]
 
@@ -22,6 +23,8 @@ class Runtime:
     revision: int
     fast_path: bool
     digest: str
+    # Fast-path picks for the plain model groups (``routeiq.routing.picker``), if any.
+    picker: DeploymentPicker | None = None
     known_models: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
