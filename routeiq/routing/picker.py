@@ -11,18 +11,20 @@ things, reading the same Router's cooldown store and running the same strategy:
   ``default_max_parallel_requests`` (RouteIQ removes the settings it does not support, such as
   tag filtering or budgets, before the Router sees them);
 - the group is named by its own ``model_name`` (not an alias, not a wildcard), and every one of
-  its deployments is one the caller can serve itself (``eligible``: no rpm/tpm, weight or other
-  litellm-only parameter).
+  its deployments is one the caller can serve itself (``eligible``: no litellm-only parameter)
+  and has no weight, rpm or tpm.
 
-The pick is then the one litellm would make: ``simple-shuffle`` is litellm's own function of
-the candidates, and a RouteIQ strategy is asked through its ``RoutingHook``, which reports the
-decision. A deployment this request already failed is left out while there are others; when
-every candidate is cooling down there is no pick (``None``), and the caller leaves the request to
-litellm, whose answer that is. Any other model is not ``covered``: the caller asks the Router.
+The pick is then the one litellm would make: ``simple-shuffle`` is a uniform draw among the
+candidates (litellm's own draw, with no weight, rpm or tpm to weigh), and a RouteIQ strategy is
+asked through its ``RoutingHook``, which reports the decision. A deployment this request already
+failed is left out while there are others; when every candidate is cooling down there is no pick
+(``None``), and the caller leaves the request to litellm, whose answer that is. Any other model
+is not ``covered``: the caller asks the Router.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +34,8 @@ from routeiq.routing.strategies import deployment_id
 __all__ = ["DeploymentPicker", "plain_router_settings"]
 
 Deployment = dict[str, Any]
+# What litellm's simple-shuffle weighs a draw by (the picker's draw is uniform).
+_WEIGHTS = ("weight", "rpm", "tpm")
 
 
 def plain_router_settings(settings: Mapping[str, Any]) -> bool:
@@ -74,7 +78,9 @@ class DeploymentPicker:
             name = deployment.get("model_name")
             if not isinstance(name, str) or "*" in name or name in refused:
                 continue
-            if not deployment_id(deployment) or not eligible(deployment):
+            params = deployment.get("litellm_params") or {}
+            weighed = any(params.get(key) for key in _WEIGHTS)
+            if not deployment_id(deployment) or weighed or not eligible(deployment):
                 refused.add(name)
                 groups.pop(name, None)
                 continue
@@ -108,13 +114,10 @@ class DeploymentPicker:
             return await self._hook.choose_among(
                 model, healthy, request, messages, input, cooldowns_checked=True
             )
-        from litellm.router_strategy.simple_shuffle import simple_shuffle
-
-        return simple_shuffle(_no_alias, healthy, model, request)
-
-
-def _no_alias(model: str) -> str | None:
-    return None  # a covered group is never an alias
+        # litellm's simple-shuffle draws by weight, rpm or tpm when a deployment has one; a
+        # covered group's deployments have none (they are litellm-only parameters), and its
+        # draw is then uniform.
+        return random.choice(healthy)
 
 
 def _plain(value: Any) -> Any:

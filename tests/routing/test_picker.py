@@ -118,6 +118,14 @@ async def test_covers_only_groups_the_fast_path_serves_by_name(make_router):
     assert not picker.covers("unknown")
 
 
+async def test_weighed_deployments_are_left_to_the_router_whatever_the_caller_serves(
+    make_router,
+):
+    router = make_router([fast("gpt", "a"), fast("weighed", "b", weight=3), fast("weighed", "c")])
+    picker = DeploymentPicker.for_router(router, {}, None, eligible=lambda d: True)
+    assert picker is not None and picker.covers("gpt") and not picker.covers("weighed")
+
+
 @pytest.mark.parametrize(
     "settings",
     [
