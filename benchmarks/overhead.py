@@ -1,8 +1,10 @@
 """Overhead benchmark: RouteIQ vs the LiteLLM proxy vs the upstream itself, in one run.
 
-Starts the fake OpenAI-compatible upstream (``tests/support/upstream.py``), RouteIQ
-(``hypercorn routeiq.app:app``, one worker) and the LiteLLM proxy (``litellm[proxy]`` in its own
-venv, created on first use under ``.cache/bench/``) on the same upstream. The servers are pinned
+Starts the fake OpenAI-compatible upstream (``tests/support/upstream.py``), the relay floor (a
+bare hypercorn + aiohttp relay, ``benchmarks/relay_floor.py``: what any gateway of RouteIQ's shape
+costs at least), RouteIQ (``hypercorn routeiq.app:app``, one worker) and the LiteLLM proxy
+(``litellm[proxy]`` in its own venv, created on first use under ``.cache/bench/``) on the same
+upstream. The servers are pinned
 to core 0, the load generator and the upstream to core 1. For each target it measures latency at
 concurrency 1 and 32, throughput and the server's CPU time per request at 32, streaming time to
 first token, errors and the server's RSS after the load, and prints one table. "added p50" is
@@ -250,6 +252,21 @@ async def main() -> None:
         "      api_key: sk-bench\n"
     )
     servers = [upstream]
+    relay_port = free_port()
+    relay = Server("relay floor", f"http://127.0.0.1:{relay_port}/v1")
+    relay.proc = start(
+        [
+            str(BIN / "hypercorn"),
+            "benchmarks.relay_floor:app",
+            "--bind",
+            f"127.0.0.1:{relay_port}",
+            "--workers",
+            "1",
+        ],
+        {**base_env, "RELAY_UPSTREAM": f"http://127.0.0.1:{up_port}/v1"},
+        SERVER_CORE,
+    )
+    servers.append(relay)
     rq_port = free_port()
     routeiq = Server("RouteIQ", f"http://127.0.0.1:{rq_port}/v1")
     routeiq.proc = start(
@@ -306,9 +323,14 @@ async def main() -> None:
             f"{r['p50_c32_ms']:7.2f} {r['p99_c32_ms']:7.2f} {added:9.2f} {r['ttft_ms']:7.2f} "
             f"{r['cpu_us_per_req']:7.0f} {r['rss_mb']:7.0f} {int(r['errors']):6d}"
         )
-    if len(servers) == 3:
+    own_us = routeiq.results["cpu_us_per_req"] - relay.results["cpu_us_per_req"]
+    print(
+        f"\nRouteIQ's own CPU per request (RouteIQ − relay floor): {own_us:.0f} µs; one core at "
+        f"1,500 req/s leaves {1e6 / 1500 - relay.results['cpu_us_per_req']:.0f} µs above the floor"
+    )
+    if len(servers) == 4:
         ours = routeiq.results["p50_c1_ms"] - base
-        theirs = servers[2].results["p50_c1_ms"] - base
+        theirs = servers[3].results["p50_c1_ms"] - base
         print(
             f"\nRouteIQ adds {ours:.2f} ms, the LiteLLM proxy {theirs:.2f} ms: "
             f"ratio {ours / theirs:.2f} (target <= 0.33)"
