@@ -1,7 +1,8 @@
 """The packages' layering, checked on what importing a module really imports (fresh interpreters).
 
 - ``routeiq.lifecycle`` (events, statechart, supervisor, clock, phases…) is the core: importing
-  any of its modules imports no feature package.
+  any of its modules imports no feature package. Nor does importing any module of
+  ``routeiq.config``.
 - The feature packages never import the composition root (``routeiq.assembly``) or the entry
   points above it at run time (type-only imports are fine).
 
@@ -65,6 +66,13 @@ def packages(modules: set[str]) -> set[str]:
 
 @pytest.mark.parametrize("module", modules_of("lifecycle"))
 def test_the_lifecycle_core_imports_no_feature(module: str) -> None:
+    assert packages(imported_by(module)) & {*FEATURES, *ABOVE_FEATURES} == set()
+
+
+@pytest.mark.parametrize("module", modules_of("config"))
+def test_the_config_imports_no_feature(module: str) -> None:
+    # The features read the config (routeiq.config.mcp holds the MCP gateway's settings); it
+    # never reads them.
     assert packages(imported_by(module)) & {*FEATURES, *ABOVE_FEATURES} == set()
 
 

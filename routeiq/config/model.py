@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from routeiq.mcp.config import McpSettings
+from routeiq.config.mcp import McpSettings
 
 __all__ = [
     "DeploymentConfig",

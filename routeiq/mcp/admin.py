@@ -23,11 +23,11 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from routeiq.config.mcp import McpServerSpec
 from routeiq.errors import describe
 from routeiq.http.auth import bearer_token, key_matches
 from routeiq.http.schemas import ErrorBody
 from routeiq.mcp.component import McpGateway, RegistryConflict
-from routeiq.mcp.config import McpServerSpec
 from routeiq.mcp.guard import UrlRefused
 from routeiq.mcp.store import StoreUnavailable
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio.abc import TaskStatus
 
+from routeiq.config.mcp import McpServerSpec, McpSettings
 from routeiq.errors import GatewayError, LeadershipLost, describe
 from routeiq.leadership.election import ElectionUnavailable
 from routeiq.leadership.service import etcd_endpoint
@@ -34,7 +35,6 @@ from routeiq.lifecycle.clock import Clock, SystemClock
 from routeiq.lifecycle.events import EventKind, EventLog
 from routeiq.lifecycle.supervisor import Service, Supervisor
 from routeiq.mcp.aggregator import McpAggregator
-from routeiq.mcp.config import McpServerSpec, McpSettings
 from routeiq.mcp.guard import HostGuard
 from routeiq.mcp.metrics import McpMetricsProjection
 from routeiq.mcp.store import EtcdStore, RegistryStore, SqliteStore, StoreUnavailable

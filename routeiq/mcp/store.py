@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import anyio
 from pydantic import ValidationError
 
+from routeiq.config.mcp import McpServerSpec
 from routeiq.errors import GatewayError
-from routeiq.mcp.config import McpServerSpec
 
 __all__ = ["EtcdStore", "RegistryStore", "SqliteStore", "StoreUnavailable"]
 

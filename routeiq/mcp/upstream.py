@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
+from routeiq.config.mcp import ENV_REF_PREFIX, McpServerSpec, McpSettings
 from routeiq.errors import GatewayError, describe
 from routeiq.lifecycle.clock import Clock, SystemClock
 from routeiq.lifecycle.events import EventKind, EventLog
-from routeiq.mcp.config import ENV_REF_PREFIX, McpServerSpec, McpSettings
 from routeiq.mcp.guard import HostGuard
 
 if TYPE_CHECKING:

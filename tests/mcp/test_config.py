@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from routeiq.config.loader import parse_config
+from routeiq.config.mcp import McpServerSpec
 from routeiq.errors import ConfigError
-from routeiq.mcp.config import McpServerSpec
 from routeiq.mcp.guard import HostGuard, UrlRefused
 
 pytestmark = pytest.mark.anyio

@@ -20,9 +20,9 @@ import pytest
 from anyio.abc import SocketStream
 from anyio.streams.tls import TLSStream
 
+from routeiq.config.mcp import McpServerSpec, McpSettings
 from routeiq.lifecycle.clock import ManualClock
 from routeiq.lifecycle.events import EventLog
-from routeiq.mcp.config import McpServerSpec, McpSettings
 from routeiq.mcp.guard import HostGuard, UrlRefused
 from routeiq.mcp.pinning import PinnedTransport
 from routeiq.mcp.upstream import UpstreamSession

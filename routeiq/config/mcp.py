@@ -109,6 +109,8 @@ class McpSettings(BaseModel):
 
     @model_validator(mode="after")
     def _guarded(self) -> McpSettings:
+        if not self.servers:
+            return self  # and the config imports nothing of the MCP gateway
         from routeiq.mcp.guard import HostGuard, UrlRefused
 
         guard = HostGuard(self.allow_hosts)
