@@ -19,7 +19,6 @@ from routeiq.lifecycle.supervisor import Service
 
 if TYPE_CHECKING:
     from routeiq.assembly.gateway import Gateway
-    from routeiq.lifecycle.supervisor import Supervisor
 
 __all__ = ["CONFIG_POLL_S", "start_coordination"]
 
@@ -27,7 +26,7 @@ CONFIG_POLL_S = 0.25
 
 
 async def start_coordination(
-    gateway: Gateway, supervisor: Supervisor, litellm: ModuleType, env: dict[str, str]
+    gateway: Gateway, litellm: ModuleType, env: dict[str, str]
 ) -> list[tuple[str, Service]]:
     """The services to start, in order; also sets them in ``gateway.components``."""
     config = gateway.config

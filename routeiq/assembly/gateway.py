@@ -230,7 +230,7 @@ class Gateway(Lifecycle):
                         spec.restart,
                     )
                 )
-        for name, service in await start_coordination(self, supervisor, self._litellm, self._env):
+        for name, service in await start_coordination(self, self._litellm, self._env):
             with self._component(name):
                 await supervisor.start(service)
 
