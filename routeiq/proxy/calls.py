@@ -190,9 +190,12 @@ class _Call:
         for excluded in ([*dict.fromkeys(failed)], []) if failed else ([],):
             request = dict(kwargs)
             if picker is not None and picker.covers(model):
-                deployment = await picker.pick(
-                    model, request, excluded=excluded, messages=messages, input=input
-                )
+                try:
+                    deployment = await picker.pick(
+                        model, request, excluded=excluded, messages=messages, input=input
+                    )
+                except Exception:  # a strategy that fails to choose: as a failed select below
+                    continue
                 if deployment is None:
                     continue
                 target = Passthrough.target(deployment)
