@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from routeiq.config.problems import require_unique
+
 __all__ = ["ENV_REF_PREFIX", "McpServerSpec", "McpSettings"]
 
 ENV_REF_PREFIX = "os.environ/"
@@ -95,10 +97,7 @@ class McpSettings(BaseModel):
     @field_validator("servers")
     @classmethod
     def _unique(cls, servers: tuple[McpServerSpec, ...]) -> tuple[McpServerSpec, ...]:
-        names = [s.name for s in servers]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"MCP server names must be unique; repeated: {', '.join(duplicates)}")
+        require_unique("MCP server", (s.name for s in servers))
         return servers
 
     @model_validator(mode="after")

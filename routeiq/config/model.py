@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from routeiq.config.mcp import McpSettings
+from routeiq.config.problems import require_unique
 
 __all__ = [
     "DeploymentConfig",
@@ -237,10 +238,7 @@ class RouteIQSettings(_Frozen):
     @field_validator("services")
     @classmethod
     def _unique_services(cls, services: tuple[ServiceSpec, ...]) -> tuple[ServiceSpec, ...]:
-        names = [s.name for s in services]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"service names must be unique; repeated: {', '.join(duplicates)}")
+        require_unique("service", (s.name for s in services))
         return services
 
 

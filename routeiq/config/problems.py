@@ -15,10 +15,25 @@ from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["FRAGMENT", "MASK", "path_of", "scrub_fragments", "validation_problems"]
+__all__ = [
+    "FRAGMENT",
+    "MASK",
+    "path_of",
+    "require_unique",
+    "scrub_fragments",
+    "validation_problems",
+]
 
 FRAGMENT = 6
 MASK = "***"
+
+
+def require_unique(what: str, names: Iterable[str]) -> None:
+    """``ValueError`` naming every repeated name, for a validator of a list of named entries."""
+    seen = list(names)
+    duplicates = sorted({n for n in seen if seen.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(duplicates)}")
 
 
 def path_of(loc: Sequence[str | int]) -> str:
