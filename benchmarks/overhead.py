@@ -102,6 +102,11 @@ def start(cmd: list[str], env: dict[str, str], core: int) -> subprocess.Popen[by
     )
 
 
+def hypercorn(app: str, port: int) -> list[str]:
+    """One hypercorn worker serving ``app`` on loopback ``port``."""
+    return [str(BIN / "hypercorn"), app, "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+
+
 async def wait_ready(url: str, within_s: float = 180) -> None:
     deadline = time.monotonic() + within_s
     async with aiohttp.ClientSession(headers=HEADERS) as session:
@@ -255,14 +260,7 @@ async def main() -> None:
     relay_port = free_port()
     relay = Server("relay floor", f"http://127.0.0.1:{relay_port}/v1")
     relay.proc = start(
-        [
-            str(BIN / "hypercorn"),
-            "benchmarks.relay_floor:app",
-            "--bind",
-            f"127.0.0.1:{relay_port}",
-            "--workers",
-            "1",
-        ],
+        hypercorn("benchmarks.relay_floor:app", relay_port),
         {**base_env, "RELAY_UPSTREAM": f"http://127.0.0.1:{up_port}/v1"},
         SERVER_CORE,
     )
@@ -270,14 +268,7 @@ async def main() -> None:
     rq_port = free_port()
     routeiq = Server("RouteIQ", f"http://127.0.0.1:{rq_port}/v1")
     routeiq.proc = start(
-        [
-            str(BIN / "hypercorn"),
-            "routeiq.app:app",
-            "--bind",
-            f"127.0.0.1:{rq_port}",
-            "--workers",
-            "1",
-        ],
+        hypercorn("routeiq.app:app", rq_port),
         {
             **base_env,
             "ROUTEIQ_CONFIG": str(config),
