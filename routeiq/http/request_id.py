@@ -17,9 +17,12 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from routeiq.proxy.errors import ApiError
 
-__all__ = ["RequestIdMiddleware", "internal_error", "request_id"]
+__all__ = ["IdentifiedEndpoint", "RequestIdMiddleware", "internal_error", "request_id"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -86,17 +89,53 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
-            log.error(
-                "unexpected error answering %s %s (request id %s)",
-                scope.get("method"),
-                scope.get("path"),
-                rid,
-                exc_info=exc,
-            )
+            _log_unexpected(scope, rid, exc)
             if started:
                 return  # the status line is gone: the client sees a cut response
             response = internal_error(rid).response()
             await response(scope, receive, send_with_id)
+
+
+class IdentifiedEndpoint:
+    """A request → response endpoint as an ASGI app, with this module's guarantees and nothing
+    between: what Starlette's ``request_response`` under ``RequestIdMiddleware`` does, without
+    their three wrappers of ``send`` (the hot OpenAI routes, ``routeiq.http.routes.HttpApp``).
+
+    The id goes into the response's own headers. An exception from the endpoint is answered as
+    the middleware answers it; one from sending the response is logged and ends the response
+    (a response sends its status line first, so by then there is no status left to send).
+    """
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self._endpoint = endpoint
+        self._new_id = _Ids()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = _client_id(scope) or self._new_id()
+        scope[_SCOPE_KEY] = rid
+        try:
+            response = await self._endpoint(Request(scope, receive, send))
+        except Exception as exc:
+            _log_unexpected(scope, rid, exc)
+            response = internal_error(rid).response()
+        headers = response.raw_headers
+        if any(name == b"x-request-id" for name, _ in headers):
+            headers[:] = [h for h in headers if h[0] != b"x-request-id"]
+        headers.append((b"x-request-id", rid.encode()))
+        try:
+            await response(scope, receive, send)
+        except Exception as exc:
+            _log_unexpected(scope, rid, exc)
+
+
+def _log_unexpected(scope: Scope, rid: str, exc: BaseException) -> None:
+    log.error(
+        "unexpected error answering %s %s (request id %s)",
+        scope.get("method"),
+        scope.get("path"),
+        rid,
+        exc_info=exc,
+    )
 
 
 def _client_id(scope: Scope) -> str | None:

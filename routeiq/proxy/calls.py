@@ -14,6 +14,7 @@ an invalid 200 body is a 502; bad ``usage`` numbers are ignored for metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -54,7 +55,7 @@ async def call_upstream(
     call = _Call(gateway, runtime, method, upstream_path, time.monotonic() + deadline_s)
     with recording_decisions() as recorder:
         try:
-            with anyio.fail_after(deadline_s):
+            async with asyncio.timeout(deadline_s):
                 response = await call.group(kwargs, fallbacks=True)
         except TimeoutError:
             raise ApiError(
@@ -80,7 +81,8 @@ async def call_upstream(
         if deployment:
             current_request_span().set_routing(strategy=strategy, arm=arm, deployment=deployment)
     if gateway.metrics is not None and response.status_code < 400:
-        gateway.metrics.gateway_routing_decisions_total.labels(strategy=strategy, arm=arm).inc()
+        metrics = gateway.metrics
+        metrics.child(metrics.gateway_routing_decisions_total, strategy, arm).inc()
     return response
 
 
@@ -198,7 +200,8 @@ class _Call:
                     continue
                 if deployment is None:
                     continue
-                target = Passthrough.target(deployment)
+                assert self.passthrough is not None
+                target = self.passthrough.target_of(deployment)
                 return None if target is None else (deployment, target)
             if excluded:
                 request["_excluded_deployment_ids"] = excluded
@@ -277,11 +280,11 @@ def count_tokens(gateway: Gateway, usage: Any, span: RequestSpan | None = None) 
         span.set_usage({"prompt_tokens": prompt, "completion_tokens": completion})
     if gateway.metrics is None:
         return
-    tokens = gateway.metrics.gateway_tokens_total
+    metrics = gateway.metrics
     if prompt:
-        tokens.labels(type="input").inc(prompt)
+        metrics.child(metrics.gateway_tokens_total, "input").inc(prompt)
     if completion:
-        tokens.labels(type="output").inc(completion)
+        metrics.child(metrics.gateway_tokens_total, "output").inc(completion)
 
 
 def _token_count(value: object) -> int | None:

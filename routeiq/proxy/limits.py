@@ -107,30 +107,31 @@ def _has_lone_surrogate(body: dict[str, Any]) -> bool:
 async def read_body(request: Request, limits: LimitsSettings) -> bytes:
     """The raw body: at most ``max_body_bytes`` (413), received within ``body_timeout_s`` (408)."""
     limit = limits.max_body_bytes
-    too_large = ApiError(
-        413, f"request body is larger than {limit} bytes", code="request_too_large"
-    )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    with anyio.move_on_after(limits.body_timeout_s) as reading:
-        try:
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise too_large
+                    raise _too_large(limit)
                 chunks.append(chunk)
-        except ClientDisconnect:
-            raise ApiError(400, "the client disconnected while sending the body") from None
-    if reading.cancelled_caught:
+    except ClientDisconnect:
+        raise ApiError(400, "the client disconnected while sending the body") from None
+    except TimeoutError:
         raise ApiError(
             408,
             f"the request body was not received within {limits.body_timeout_s:g}s",
             code="request_timeout",
-        )
+        ) from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body is larger than {limit} bytes", code="request_too_large")
 
 
 def _too_deep(limits: LimitsSettings) -> ApiError:
@@ -303,7 +304,7 @@ def watch_disconnect(receive: Any, on_disconnect: Callable[[], None]) -> asyncio
 
 async def _cancel_on_disconnect(app: Any, scope: Scope, receive: Any, send: Any) -> None:
     """Run ``app``; cancel it if the client disconnects before the response's last byte."""
-    disconnected = anyio.Event()
+    disconnected = asyncio.Event()
     body_read = responded = False
     watcher: asyncio.Task[None] | None = None
 

@@ -18,12 +18,11 @@ been relayed, a failure is reported in-band, as OpenAI does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import anyio
 
 from routeiq.config.model import GatewayConfig
 from routeiq.errors import UpstreamError
@@ -48,6 +47,8 @@ OPENAI_PROVIDERS = frozenset({"openai", "hosted_vllm"})
 FORWARDABLE_PARAMS = frozenset({"model", "api_base", "api_key", "organization", "timeout"})
 # Request fields that are RouteIQ's or litellm's business, not the upstream's.
 NOT_FORWARDED = frozenset({"metadata", "timeout", "drop_params", "num_retries"})
+# How many deployments' targets ``Passthrough.target_of`` keeps.
+_REMEMBERED_TARGETS = 4096
 
 
 class AttemptFailed(UpstreamError):
@@ -128,6 +129,8 @@ class Passthrough:
     def __init__(self, session: aiohttp.ClientSession, *, default_timeout_s: float) -> None:
         self._session = session
         self._default_timeout_s = default_timeout_s
+        # id(deployment) -> (deployment, its target): see ``target_of``.
+        self._targets: dict[int, tuple[Mapping[str, Any], Target | None]] = {}
 
     @classmethod
     def create(cls, *, default_timeout_s: float) -> Passthrough:
@@ -164,6 +167,18 @@ class Passthrough:
             deployment_id=str(info.get("id", "")),
         )
 
+    def target_of(self, deployment: Mapping[str, Any]) -> Target | None:
+        """``target(deployment)`` for a deployment that is never changed once built (the
+        picker's), remembered while that very object is picked again."""
+        cached = self._targets.get(id(deployment))
+        if cached is not None and cached[0] is deployment:
+            return cached[1]
+        if len(self._targets) >= _REMEMBERED_TARGETS:
+            self._targets.clear()  # deployments of Routers that were replaced
+        target = self.target(deployment)
+        self._targets[id(deployment)] = (deployment, target)
+        return target
+
     async def forward(
         self, target: Target, path: str, body: Mapping[str, Any], *, timeout_s: float
     ) -> Relay:
@@ -179,7 +194,7 @@ class Passthrough:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         url = f"{target.base_url}{path}"
         try:
-            with anyio.fail_after(timeout_s):
+            async with asyncio.timeout(timeout_s):
                 response = await self._session.post(
                     url,
                     data=json.dumps(payload, separators=(",", ":")),

@@ -85,11 +85,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 log = logging.getLogger("routeiq.proxy")
 
 
-def openai_routes(
-    app: FastAPI, holder: GatewayApp
-) -> tuple[list[APIRoute], dict[str, Callable[..., Awaitable[None]]]]:
+def openai_routes(app: FastAPI, holder: GatewayApp) -> tuple[list[APIRoute], dict[str, Handler]]:
     """Register the OpenAI API on ``app``; returns the routes to describe in ``/openapi.json``
-    and the ASGI apps of the three POST routes by path (see ``routeiq.http.routes.HttpApp``).
+    and the handlers of the three POST routes by path (see ``routeiq.http.routes.HttpApp``).
 
     The three POST routes are the hot path: they are served as plain Starlette routes (FastAPI's
     per-request dependency machinery measured ~20 µs more per request here) that read, parse and
@@ -98,7 +96,7 @@ def openai_routes(
     """
     api = _Api(holder)
     described: list[APIRoute] = []
-    hot: dict[str, Callable[..., Awaitable[None]]] = {}
+    hot: dict[str, Handler] = {}
     posts: list[tuple[str, Endpoint, type[Any], str]] = [
         ("/v1/chat/completions", api.chat, ChatCompletionRequest, "Create a chat completion"),
         ("/v1/completions", api.completions, CompletionRequest, "Create a text completion"),
@@ -109,7 +107,7 @@ def openai_routes(
         # First in the router: the hot routes match without trying the others.
         route = Route(path, serve, methods=["POST"])
         app.router.routes.insert(0, route)
-        hot[path] = route.app
+        hot[path] = serve
         body_schema = {"$ref": f"#/components/schemas/{model.__name__}"}
         described.append(
             APIRoute(
@@ -354,10 +352,9 @@ def _call_kwargs(
 
 def _count(metrics: GatewayMetrics, route: str, model: str, status: int, started: float) -> None:
     metrics.gateway_inflight_requests.dec()
-    metrics.gateway_requests_total.labels(
-        route=route, model=model, status_class=f"{status // 100}xx"
-    ).inc()
-    metrics.gateway_request_duration_seconds.labels(route=route).observe(
+    status_class = f"{status // 100}xx"
+    metrics.child(metrics.gateway_requests_total, route, model, status_class).inc()
+    metrics.child(metrics.gateway_request_duration_seconds, route).observe(
         time.perf_counter() - started
     )
 
