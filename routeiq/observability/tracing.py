@@ -250,9 +250,12 @@ _current: ContextVar[RequestSpan | None] = ContextVar("routeiq_request_span", de
 _request_tracers: weakref.WeakKeyDictionary[TracerProvider, Tracer] = weakref.WeakKeyDictionary()
 
 
+_NO_SPAN = RequestSpan(None)
+
+
 def current_request_span() -> RequestSpan:
     """The span of the ``request_span`` block this code runs in, else a no-op span."""
-    return _current.get() or RequestSpan(None)
+    return _current.get() or _NO_SPAN
 
 
 @contextmanager

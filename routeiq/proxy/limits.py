@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from routeiq.config.model import LimitsSettings
 from routeiq.observability.catalog import API_ROUTES
@@ -112,15 +112,20 @@ async def read_body(request: Request, limits: LimitsSettings) -> bytes:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
+    receive = request.receive  # its messages, not Starlette's stream(): an async generator
     try:
         async with asyncio.timeout(limits.body_timeout_s):
-            async for chunk in request.stream():
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ApiError(400, "the client disconnected while sending the body")
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(limit)
                 chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "the client disconnected while sending the body") from None
     except TimeoutError:
         raise ApiError(
             408,

@@ -49,6 +49,9 @@ FORWARDABLE_PARAMS = frozenset({"model", "api_base", "api_key", "organization", 
 NOT_FORWARDED = frozenset({"metadata", "timeout", "drop_params", "num_retries"})
 # How many deployments' targets ``Passthrough.target_of`` keeps.
 _REMEMBERED_TARGETS = 4096
+# The request body as the upstream gets it (``json.dumps(..., separators=...)`` would build an
+# encoder per call).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 class AttemptFailed(UpstreamError):
@@ -131,6 +134,10 @@ class Passthrough:
         self._default_timeout_s = default_timeout_s
         # id(deployment) -> (deployment, its target): see ``target_of``.
         self._targets: dict[int, tuple[Mapping[str, Any], Target | None]] = {}
+        import aiohttp
+
+        # No timer of aiohttp's own: the attempt's deadline bounds a whole non-streamed answer.
+        self._deadline_only = aiohttp.ClientTimeout(total=None)
 
     @classmethod
     def create(cls, *, default_timeout_s: float) -> Passthrough:
@@ -190,21 +197,27 @@ class Passthrough:
         payload["model"] = target.model
         if target.timeout_s is not None:
             timeout_s = min(timeout_s, target.timeout_s)
-        # The deadline covers the response's start; a stream may then take as long as it takes.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+        stream = bool(payload.get("stream"))
+        # The deadline covers the response's start (and the whole body, unless streaming); a
+        # stream may then take as long as it takes, each read within ``timeout_s``.
+        timeout = (
+            aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+            if stream
+            else self._deadline_only
+        )
         url = f"{target.base_url}{path}"
         try:
             async with asyncio.timeout(timeout_s):
                 response = await self._session.post(
                     url,
-                    data=json.dumps(payload, separators=(",", ":")),
+                    data=_COMPACT.encode(payload).encode(),
                     headers=target.headers,
                     timeout=timeout,
                 )
                 try:
                     if response.status != 200:
                         raise _status_failure(response.status, await response.read())
-                    if payload.get("stream"):
+                    if stream:
                         first = await _first_event(response)
                     else:
                         raw = await response.read()
@@ -220,7 +233,7 @@ class Passthrough:
             reason = type(exc).__name__
             raise AttemptFailed(f"the upstream could not be reached: {reason}") from None
         content_type = response.headers.get("content-type", "application/json")
-        if payload.get("stream"):
+        if stream:
             return Relay(200, "text/event-stream", None, _relay_stream(response, first), None)
         response.release()
         return Relay(200, content_type, raw, None, _checked_body(raw, content_type))
