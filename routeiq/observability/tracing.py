@@ -195,17 +195,6 @@ class RequestSpan:
         if isinstance(output_tokens, int) and output_tokens >= 0:
             self.set_attribute("gen_ai.usage.output_tokens", output_tokens)
 
-    def set_usage(self, usage: object) -> None:
-        """Token counts from an OpenAI ``usage`` (a mapping or an object, as litellm returns)."""
-        if usage is None:
-            return
-        if isinstance(usage, Mapping):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        else:
-            prompt = getattr(usage, "prompt_tokens", None)
-            completion = getattr(usage, "completion_tokens", None)
-        self.set_tokens(input_tokens=prompt, output_tokens=completion)
-
     def set_routing(self, *, strategy: str, arm: str, deployment: str) -> None:
         """The routing decision that served the request (the last pick, after retries)."""
         self.set_attribute("routeiq.routing.strategy", strategy)

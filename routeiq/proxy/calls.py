@@ -14,7 +14,6 @@ an invalid 200 body is a 502; bad ``usage`` numbers are ignored for metrics.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from routeiq.config.model import GatewayConfig
 from routeiq.observability.tracing import RequestSpan, current_request_span
+from routeiq.proxy.coarse_timers import deadline
 from routeiq.proxy.errors import ApiError, map_attempt_failure, map_upstream_error
 from routeiq.proxy.passthrough import AttemptFailed, Passthrough, request_timeout_s
 from routeiq.proxy.streaming import DisconnectAwareStream, count_stream_usage, litellm_sse
@@ -55,7 +55,7 @@ async def call_upstream(
     call = _Call(gateway, runtime, method, upstream_path, time.monotonic() + deadline_s)
     with recording_decisions() as recorder:
         try:
-            async with asyncio.timeout(deadline_s):
+            with deadline(deadline_s):
                 response = await call.group(kwargs, fallbacks=True)
         except TimeoutError:
             raise ApiError(
@@ -222,7 +222,7 @@ class _Call:
         span = current_request_span()
         span.set_provider(str(deployment["litellm_params"]["model"]))
         relay = await self.passthrough.forward(
-            target, self.upstream_path, kwargs, timeout_s=self.remaining_s()
+            target, self.upstream_path, kwargs, timeout_s=self.remaining_s(), within_deadline=True
         )
         gateway = self.gateway
         headers = {"x-routeiq-deployment": target.deployment_id}
@@ -270,14 +270,14 @@ async def _litellm_path(
 def count_tokens(gateway: Gateway, usage: Any, span: RequestSpan | None = None) -> None:
     """Count an upstream's ``usage``; a value that is not a plausible token count (negative,
     not a number, infinite, an object…) is ignored, never fatal."""
-    if isinstance(usage, Mapping):
+    if type(usage) is dict or isinstance(usage, Mapping):  # a parsed body's: skip the ABC check
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     else:
         prompt = getattr(usage, "prompt_tokens", None)
         completion = getattr(usage, "completion_tokens", None)
     prompt, completion = _token_count(prompt), _token_count(completion)
     if span is not None:
-        span.set_usage({"prompt_tokens": prompt, "completion_tokens": completion})
+        span.set_tokens(input_tokens=prompt, output_tokens=completion)
     if gateway.metrics is None:
         return
     metrics = gateway.metrics

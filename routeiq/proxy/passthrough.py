@@ -18,7 +18,6 @@ been relayed, a failure is reported in-band, as OpenAI does.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from routeiq.config.model import GatewayConfig
 from routeiq.errors import UpstreamError
+from routeiq.proxy.coarse_timers import deadline
 
 if TYPE_CHECKING:
     import aiohttp
@@ -187,16 +187,28 @@ class Passthrough:
         return target
 
     async def forward(
-        self, target: Target, path: str, body: Mapping[str, Any], *, timeout_s: float
+        self,
+        target: Target,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        timeout_s: float,
+        within_deadline: bool = False,
     ) -> Relay:
         """POST ``body`` to the target, once; raises ``AttemptFailed`` when nothing usable came
-        back. ``timeout_s`` bounds the attempt up to the response (the body, unless streaming)."""
+        back. ``timeout_s`` bounds the attempt up to the response (the body, unless streaming).
+
+        ``within_deadline``: the caller's own deadline already ends the attempt at ``timeout_s``
+        (``routeiq.proxy.calls``), and its timeout is the request's; only a deployment's shorter
+        ``timeout`` is then timed here, as a failed attempt. That saves a timer per request.
+        """
         import aiohttp
 
         payload = {k: v for k, v in body.items() if k not in NOT_FORWARDED}
         payload["model"] = target.model
-        if target.timeout_s is not None:
-            timeout_s = min(timeout_s, target.timeout_s)
+        timed = not within_deadline
+        if target.timeout_s is not None and target.timeout_s < timeout_s:
+            timeout_s, timed = target.timeout_s, True
         stream = bool(payload.get("stream"))
         # The deadline covers the response's start (and the whole body, unless streaming); a
         # stream may then take as long as it takes, each read within ``timeout_s``.
@@ -207,7 +219,7 @@ class Passthrough:
         )
         url = f"{target.base_url}{path}"
         try:
-            async with asyncio.timeout(timeout_s):
+            with deadline(timeout_s if timed else None):
                 response = await self._session.post(
                     url,
                     data=_COMPACT.encode(payload).encode(),

@@ -299,14 +299,16 @@ def _model_card(gateway: Gateway, name: str) -> dict[str, Any]:
 
 
 def _authorize(request: Request, runtime: Runtime) -> None:
-    if len(request.headers.getlist("authorization")) > 1:
+    # The raw ASGI headers (names are lower case): one pass, no Starlette ``Headers`` built.
+    sent = [value for name, value in request.scope["headers"] if name == b"authorization"]
+    if len(sent) > 1:
         raise ApiError(
             400, "send one 'Authorization' header, not several", code="invalid_authorization"
         )
     key = runtime.config.master_key
     if key is None:
         return
-    token = bearer_token(request.headers)
+    token = bearer_token({"authorization": sent[0].decode("latin-1")}) if sent else None
     if token is None:
         raise ApiError(
             401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"

@@ -7,7 +7,6 @@ upstream generation keeps running for nobody.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -16,7 +15,7 @@ import anyio
 from starlette.responses import StreamingResponse
 
 from routeiq.proxy.errors import map_upstream_error
-from routeiq.proxy.limits import watch_disconnect
+from routeiq.proxy.limits import DisconnectWatch
 from routeiq.proxy.passthrough import stream_usage
 
 __all__ = ["DisconnectAwareStream", "aclose_quietly", "count_stream_usage", "litellm_sse"]
@@ -34,10 +33,10 @@ class DisconnectAwareStream(StreamingResponse):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         iterator = self.body_iterator
-        watcher: asyncio.Task[None] | None = None
+        watcher: DisconnectWatch | None = None
         try:
             with anyio.CancelScope() as streaming:
-                watcher = watch_disconnect(receive, streaming.cancel)
+                watcher = DisconnectWatch(receive, streaming.cancel)
                 await self.stream_response(send)
         finally:
             if watcher is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -356,7 +355,7 @@ def test_request_span_follows_genai_conventions_and_records_the_routing_decision
     with request_span(provider, operation="chat", request_model="routeiq-mock") as span:
         span.set_provider("openai/routeiq-mock")
         span.set_response_model("routeiq-mock-2024")
-        span.set_usage({"prompt_tokens": 10, "completion_tokens": 20})
+        span.set_tokens(input_tokens=10, output_tokens=20)
         span.set_routing(strategy="cost-aware", arm="b", deployment="dep-1")
         span.set_status_code(200)
     (finished,) = exporter.get_finished_spans()
@@ -411,7 +410,7 @@ def test_request_span_of_a_stream_ends_when_the_stream_does() -> None:
     with request_span(provider, operation="chat", request_model="m") as span:
         span.end_later()
     assert exporter.get_finished_spans() == ()
-    span.set_usage(SimpleNamespace(prompt_tokens=3, completion_tokens=None))
+    span.set_tokens(input_tokens=3, output_tokens=None)
     span.end()
     span.end()
     (finished,) = exporter.get_finished_spans()
@@ -450,7 +449,7 @@ def test_request_span_opened_before_the_body_is_parsed_is_renamed_by_the_model()
 
 def test_request_span_without_a_provider_is_a_no_op() -> None:
     with request_span(None, operation="chat", request_model="m") as span:
-        span.set_usage({"prompt_tokens": 1})
+        span.set_tokens(input_tokens=1)
         span.set_status_code(500)
         span.set_routing(strategy="s", arm="a", deployment="d")
         assert not span.recording
