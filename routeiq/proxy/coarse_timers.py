@@ -32,33 +32,39 @@ TICK_S = 0.05
 
 
 class _Ticker:
-    """The timers of one event loop."""
+    """The timers of one event loop (which it does not reference: it is the key it is kept by in
+    a ``WeakKeyDictionary``, and is passed in)."""
 
-    __slots__ = ("__weakref__", "_armed", "_due", "_loop")
+    __slots__ = ("__weakref__", "_armed", "_due")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         # key -> (when, callback); keys are the timer objects themselves.
         self._due: dict[object, tuple[float, Callable[[], None]]] = {}
         self._armed = False
 
-    def add(self, key: object, delay_s: float, callback: Callable[[], None]) -> None:
-        self._due[key] = (self._loop.time() + delay_s, callback)
+    def add(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        key: object,
+        delay_s: float,
+        callback: Callable[[], None],
+    ) -> None:
+        self._due[key] = (loop.time() + delay_s, callback)
         if not self._armed:
             self._armed = True
-            self._loop.call_later(TICK_S, self._tick)
+            loop.call_later(TICK_S, self._tick, loop)
 
     def discard(self, key: object) -> None:
         self._due.pop(key, None)
 
-    def _tick(self) -> None:
-        now = self._loop.time()
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
         fired = [(key, callback) for key, (when, callback) in self._due.items() if when <= now]
         for key, _ in fired:
             del self._due[key]
         self._armed = bool(self._due)
         if self._armed:
-            self._loop.call_later(TICK_S, self._tick)
+            loop.call_later(TICK_S, self._tick, loop)
         for _, callback in fired:
             callback()
 
@@ -68,12 +74,12 @@ _tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = (
 )
 
 
-def _ticker() -> _Ticker:
+def _ticker() -> tuple[asyncio.AbstractEventLoop, _Ticker]:
     loop = asyncio.get_running_loop()
     ticker = _tickers.get(loop)
     if ticker is None:
-        ticker = _tickers[loop] = _Ticker(loop)
-    return ticker
+        ticker = _tickers[loop] = _Ticker()
+    return loop, ticker
 
 
 class Deadline:
@@ -94,9 +100,9 @@ class Deadline:
         if task is None:
             raise RuntimeError("a deadline is for code running in a task")
         self._task, self._cancelling = task, task.cancelling()
-        self._ticker = _ticker()
+        loop, self._ticker = _ticker()
         if self._delay_s is not None:
-            self._ticker.add(self, max(self._delay_s, 0.0), self._expire)
+            self._ticker.add(loop, self, max(self._delay_s, 0.0), self._expire)
         return self
 
     def _expire(self) -> None:
@@ -130,8 +136,8 @@ class LaterCall:
     __slots__ = ("_ticker",)
 
     def __init__(self, delay_s: float, callback: Callable[[], None]) -> None:
-        self._ticker = _ticker()
-        self._ticker.add(self, delay_s, callback)
+        loop, self._ticker = _ticker()
+        self._ticker.add(loop, self, delay_s, callback)
 
     def cancel(self) -> None:
         self._ticker.discard(self)

@@ -4,7 +4,9 @@ with ``asyncio.timeout``'s cancellation semantics; and the disconnect watch that
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from typing import Any
 
 import anyio
@@ -107,3 +109,18 @@ async def test_a_disconnect_watch_cancelled_before_it_starts_never_reads() -> No
     DisconnectWatch(queue.get, lambda: seen.append(True), after_s=0.05).cancel()
     await asyncio.sleep(0.05 + TICK_S * 4)
     assert seen == [] and queue.qsize() == 1
+
+
+def test_the_timers_of_a_loop_do_not_keep_it_alive() -> None:
+    async def use() -> None:
+        with deadline(30):
+            await asyncio.sleep(0)
+        call_later(30, lambda: None).cancel()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(use())
+    loop.close()
+    closed = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert closed() is None
