@@ -130,12 +130,12 @@ class Passthrough:
     """Owns one pooled aiohttp session for this app instance."""
 
     def __init__(self, session: aiohttp.ClientSession, *, default_timeout_s: float) -> None:
+        import aiohttp
+
         self._session = session
         self._default_timeout_s = default_timeout_s
         # id(deployment) -> (deployment, its target): see ``target_of``.
         self._targets: dict[int, tuple[Mapping[str, Any], Target | None]] = {}
-        import aiohttp
-
         # No timer of aiohttp's own: the attempt's deadline bounds a whole non-streamed answer.
         self._deadline_only = aiohttp.ClientTimeout(total=None)
 

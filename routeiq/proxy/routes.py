@@ -299,7 +299,7 @@ def _model_card(gateway: Gateway, name: str) -> dict[str, Any]:
 
 
 def _authorize(request: Request, runtime: Runtime) -> None:
-    # The raw ASGI headers (names are lower case): one pass, no Starlette ``Headers`` built.
+    # One pass over the raw ASGI headers (their names are lower case).
     sent = [value for name, value in request.scope["headers"] if name == b"authorization"]
     if len(sent) > 1:
         raise ApiError(
