@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -40,7 +41,7 @@ def request_id(scope: Scope) -> str:
     """The id of the request in ``scope`` (one is made if the middleware did not run)."""
     value = scope.get(_SCOPE_KEY)
     if not isinstance(value, str):
-        value = scope[_SCOPE_KEY] = f"req_{secrets.token_hex(16)}"
+        value = scope[_SCOPE_KEY] = _new_id()
     return value
 
 
@@ -57,6 +58,9 @@ class _Ids:
     """``req_<random per process><counter>``: unique without a syscall per request."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self._prefix = f"req_{secrets.token_hex(8)}"
         self._next = itertools.count(1).__next__
 
@@ -64,17 +68,27 @@ class _Ids:
         return f"{self._prefix}{self._next():08x}"
 
 
+# One sequence per process, for the middleware and the hot endpoints alike. A worker forked by
+# ``routeiq serve --workers N`` starts its own, not a copy of its master's.
+_new_id = _Ids()
+os.register_at_fork(after_in_child=_new_id.reset)
+
+
+def _identify(scope: Scope) -> str:
+    """The request's id (the client's own when well formed, else a fresh one), set in ``scope``."""
+    rid = scope[_SCOPE_KEY] = _client_id(scope) or _new_id()
+    return rid
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._new_id = _Ids()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _client_id(scope) or self._new_id()
-        scope[_SCOPE_KEY] = rid
+        rid = _identify(scope)
         header = (b"x-request-id", rid.encode())
         started = False
 
@@ -108,11 +122,9 @@ class IdentifiedEndpoint:
 
     def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
         self._endpoint = endpoint
-        self._new_id = _Ids()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = _client_id(scope) or self._new_id()
-        scope[_SCOPE_KEY] = rid
+        rid = _identify(scope)
         try:
             response = await self._endpoint(Request(scope, receive, send))
         except Exception as exc:

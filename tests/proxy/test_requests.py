@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import math
+import os
 import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import routeiq.proxy.routes
 from routeiq.app import GatewayApp
+from routeiq.http.request_id import request_id
 from routeiq.proxy.mock import DEFAULT_DIMENSIONS
 from tests.proxy.test_api import AUTH, CHAT, KEY, deployment, write
 from tests.support.asgi import running_app
@@ -284,7 +286,34 @@ async def test_request_ids_and_duplicate_authorization(tmp_path: Path, upstream:
             "/v1/chat/completions", json={"model": "gpt", **CHAT}, headers=reversed_
         )
         assert twice.status_code == 400
-    assert upstream.statistics().requests == 0
+        # The hot POST routes and everything else draw from one sequence, and the client's own
+        # id holds there too.
+        hot = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt", **CHAT},
+            headers={**AUTH, "x-request-id": "trace-43"},
+        )
+        assert hot.headers.get_list("x-request-id") == ["trace-43"]
+        mine = [await client.post("/v1/chat/completions", json={}, headers=AUTH)]
+        mine.append(await client.get("/v1/models", headers=AUTH))
+        first, second = (r.headers["x-request-id"] for r in mine)
+        assert first[:-8] == second[:-8] and int(second[-8:], 16) == int(first[-8:], 16) + 1
+    assert upstream.statistics().requests == 1
+
+
+def test_a_forked_worker_draws_request_ids_of_its_own() -> None:
+    read, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id, and out without running anything of pytest's
+        os.write(write_end, request_id({}).encode())
+        os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    parent = request_id({})
+    assert status == 0 and child.startswith("req_") and parent.startswith("req_")
+    assert child[:-8] != parent[:-8]  # another random prefix, not the parent's sequence
 
 
 async def test_fastapi_errors_under_v1_are_openai_errors(
